@@ -1,0 +1,121 @@
+"""vtd.core: seeding, the training loop, checkpoints and their errors, metrics, results, the tour."""
+import json, os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vtd.core import (CheckpointError, fit, format_results_table, load_checkpoint, psnr, record_results,
+                      save_checkpoint, seed_everything, ssim, run_notebook)
+
+
+def test_seed_everything_reproduces():
+    seed_everything(3); a = torch.randn(5)
+    seed_everything(3); assert torch.equal(a, torch.randn(5))
+    with pytest.raises(ValueError): seed_everything(-1)
+
+
+def test_fit_lowers_loss_and_keeps_best():
+    seed_everything(0)
+    X = torch.randn(256, 3); Y = X @ torch.tensor([1., 2., 3.])
+    m = nn.Linear(3, 1)
+    loss = lambda m, b: ((m(b[0]).squeeze(-1) - b[1])**2).mean()
+    h = fit(m, loss, lambda: [(X[i:i+32], Y[i:i+32]) for i in range(0, 256, 32)], epochs=10, lr=0.1,
+            valid_fn=lambda m: loss(m, (X, Y)).item(), progress=False)
+    assert h['train'][-1] < 0.05 * h['train'][0]
+    assert h['valid'][h['best_epoch']] == min(h['valid'])
+
+
+def test_fit_stops_on_nan():
+    m = nn.Linear(2, 1)
+    with pytest.raises(FloatingPointError, match='loss became nan'):
+        fit(m, lambda m, b: m(b).sum() * float('nan'), [torch.ones(1, 2)], progress=False)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    m = nn.Linear(4, 2); cfg = {'in_features': 4, 'out_features': 2}
+    p = save_checkpoint(tmp_path / 'm.pt', m, cfg, kind='linear', extra={'note': 'x'})
+    m2 = nn.Linear(4, 2); ck = load_checkpoint(p, m2, expected_config=cfg, kind='linear')
+    assert torch.equal(m.weight, m2.weight) and ck['extra'] == {'note': 'x'}
+    with pytest.raises(CheckpointError, match='in_features'):
+        load_checkpoint(p, expected_config={'in_features': 5, 'out_features': 2})
+    with pytest.raises(CheckpointError, match="expected 'prior'"):
+        load_checkpoint(p, kind='prior')
+    with pytest.raises(CheckpointError, match='does not fit this model'):
+        load_checkpoint(p, nn.Linear(5, 2))
+    with pytest.raises(CheckpointError, match='no checkpoint'):
+        load_checkpoint(tmp_path / 'missing.pt')
+
+
+def test_corrupt_and_truncated_checkpoints_are_named(tmp_path):
+    m = nn.Linear(4, 2)
+    p = save_checkpoint(tmp_path / 'm.pt', m, {'a': 1})
+    data = p.read_bytes()
+    (tmp_path / 'cut.pt').write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match='corrupt or truncated'):
+        load_checkpoint(tmp_path / 'cut.pt')
+    (tmp_path / 'junk.pt').write_bytes(b'\x00' * 100)
+    with pytest.raises(CheckpointError, match='corrupt or truncated'):
+        load_checkpoint(tmp_path / 'junk.pt')
+
+
+class Evil:
+    def __reduce__(self): return (print, ('pwned',))
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    torch.save({'format': 1, 'kind': 'model', 'config': {}, 'state_dict': {}, 'extra': {'obj': Evil()}}, tmp_path / 'evil.pt')
+    with pytest.raises(CheckpointError, match='weights_only'):
+        load_checkpoint(tmp_path / 'evil.pt')
+    torch.save({'weights': torch.ones(2)}, tmp_path / 'plain.pt')
+    with pytest.raises(CheckpointError, match='not a vtd checkpoint'):
+        load_checkpoint(tmp_path / 'plain.pt')
+
+
+def test_failed_save_keeps_the_old_checkpoint(tmp_path):
+    m = nn.Linear(4, 2)
+    p = save_checkpoint(tmp_path / 'm.pt', m, {'a': 1})
+    before = p.read_bytes()
+    with pytest.raises(TypeError, match='plain data'):
+        save_checkpoint(p, m, {'a': object()})
+    assert p.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ['m.pt'], "a temporary file was left behind"
+
+
+def test_psnr_ssim():
+    a = torch.rand(3, 1, 16, 16)
+    b = a.clone(); b[0] = 0
+    assert psnr(a, b, reduction='pooled') < psnr(a, b)  # pooled MSE is dominated by the bad image
+    assert abs(psnr(a, (a + 0.1).clamp(0, 1) * 0 + a + 0.1, data_range=1.0) - 20.0) < 1e-6
+    assert ssim(a, a) > 0.999 and ssim(a, torch.rand_like(a)) < 0.5
+    with pytest.raises(ValueError, match='shapes differ'): psnr(a, a[:2])
+
+
+def test_record_results_writes_json(tmp_path, monkeypatch):
+    monkeypatch.setenv('VTD_RESULTS_DIR', str(tmp_path))
+    record_results('xx_demo', {'psnr': torch.tensor(21.5), 'n': 3}, show=False)
+    record_results('xx_demo', {'more': 'yes'}, show=False)
+    assert json.loads((tmp_path / 'xx_demo.json').read_text()) == {'psnr': 21.5, 'n': 3, 'more': 'yes'}
+
+
+def _write_nb(path, code):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    p = nbformat.v4.new_code_cell('smoke = False'); p.metadata['tags'] = ['parameters']
+    nb.cells = [p, nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.slow
+def test_tour_reports_a_failing_notebook_and_runs_the_others(tmp_path):
+    nbs = tmp_path / 'nbs'; nbs.mkdir()
+    _write_nb(nbs / '01_ok.ipynb', "from vtd.core import record_results\nrecord_results('01_ok', {'smoke': smoke})")
+    _write_nb(nbs / '02_bad.ipynb', "raise ValueError('deliberate failure')")
+    from vtd.core import tour_main
+    rc = tour_main(['--nbs', str(nbs), '--out', str(tmp_path / 'out')])
+    assert rc == 1
+    table = (tmp_path / 'out' / 'summary.txt').read_text()
+    assert '01_ok.ipynb' in table and 'smoke=True' in table
+    assert '02_bad.ipynb' in table and 'FAILED' in table and 'deliberate failure' in table

@@ -1,0 +1,45 @@
+"""Every notebook runs, top to bottom, in smoke mode: its assertions are the lesson's checks.
+
+A new `nbs/NN_*.ipynb` is picked up without editing this file."""
+import json, os, time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted(REPO.glob('nbs/[0-9]*.ipynb')) + [REPO / 'nbs' / 'index.ipynb']
+# Generous per-cell limit: a hung cell fails the test instead of the whole CI run.
+CELL_TIMEOUT = int(os.environ.get('VTD_CELL_TIMEOUT', '300'))
+
+
+def has_parameters_cell(nb_path):
+    nb = json.loads(nb_path.read_text())
+    return any('parameters' in c.get('metadata', {}).get('tags', []) for c in nb['cells'])
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize('nb_path', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_in_smoke_mode(nb_path, tmp_path):
+    import papermill as pm
+    params = {}
+    if nb_path.name != 'index.ipynb':
+        assert has_parameters_cell(nb_path), f"{nb_path.name} has no papermill 'parameters' cell"
+        params = {'smoke': True}
+    os.environ['VTD_RESULTS_DIR'] = str(tmp_path / 'results')
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(nb_path), str(tmp_path / nb_path.name), parameters=params, kernel_name='python3',
+                        cwd=str(nb_path.parent), progress_bar=False, execution_timeout=CELL_TIMEOUT)
+    print(f"{nb_path.name}: {time.perf_counter() - t0:.1f}s in smoke mode")
+    if nb_path.name != 'index.ipynb':
+        res = tmp_path / 'results' / f'{nb_path.stem}.json'
+        assert res.exists(), f"{nb_path.name} recorded no results (call vtd.core.record_results)"
+
+
+def test_every_numbered_notebook_exports_one_module():
+    for nb_path in sorted(REPO.glob('nbs/[0-9]*.ipynb')):
+        nb = json.loads(nb_path.read_text())
+        exps = [l for c in nb['cells'] if c['cell_type'] == 'code'
+                for l in ''.join(c['source']).splitlines() if l.strip().startswith('#| default_exp')]
+        assert len(exps) == 1, f"{nb_path.name}: expected one '#| default_exp', found {exps}"
+        mod = exps[0].split()[-1]
+        assert (REPO / 'vtd' / f'{mod}.py').exists(), f"{nb_path.name} exports vtd/{mod}.py, which is missing"

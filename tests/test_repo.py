@@ -1,0 +1,62 @@
+"""The repository itself: the library is what the notebooks export, notebooks are clean, docs and README agree."""
+import json, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_library_in_sync_with_notebooks(tmp_path):
+    "Running nbdev_export on a copy of the notebooks reproduces vtd/ exactly."
+    for name in ('nbs', 'vtd'): shutil.copytree(REPO / name, tmp_path / name, symlinks=True)
+    for name in ('settings.ini', 'setup.py', '_quarto.yml'): shutil.copy(REPO / name, tmp_path / name)
+    subprocess.run(['nbdev_export'], cwd=tmp_path, check=True, capture_output=True)
+    stale = [p.name for p in sorted((REPO / 'vtd').glob('*.py'))
+             if (tmp_path / 'vtd' / p.name).read_text() != p.read_text()]
+    new = [p.name for p in (tmp_path / 'vtd').glob('*.py') if not (REPO / 'vtd' / p.name).exists()]
+    assert not stale and not new, f"vtd/ differs from the notebooks' export: changed {stale}, missing {new}; run nbdev_export"
+
+
+def test_notebooks_are_clean_and_keep_parameters_tag():
+    for nb_path in sorted(REPO.glob('nbs/*.ipynb')):
+        nb = json.loads(nb_path.read_text())
+        for c in nb['cells']:
+            assert set(c.get('metadata', {})) <= {'tags'}, f"{nb_path.name}: cell metadata {c['metadata']} (run nbdev_clean)"
+            if c['cell_type'] == 'code': assert c.get('execution_count') is None, f"{nb_path.name}: execution counts left in"
+
+
+def test_readme_is_generated_from_index():
+    from vtd.core import readme_from_index
+    assert (REPO / 'README.md').read_text() == readme_from_index(REPO / 'nbs' / 'index.ipynb'), \
+        "README.md is stale: run python -c 'from vtd.core import write_readme; write_readme()'"
+
+
+def test_readme_gives_the_two_commands():
+    text = (REPO / 'README.md').read_text()
+    assert 'vtd-tour' in text and 'python -m pytest tests' in text
+    ci = (REPO / '.ci' / 'run').read_text()
+    assert 'test-command' in ci, ".ci/run must take its test command from README.md"
+
+
+def test_quarto_config_is_the_one_nbdev_reads():
+    import yaml
+    cfg = yaml.safe_load((REPO / '_quarto.yml').read_text())
+    assert cfg['project']['type'] == 'website'
+    link = REPO / 'nbs' / '_quarto.yml'
+    assert link.is_symlink() and link.resolve() == (REPO / '_quarto.yml').resolve()
+    listed = [m for m in cfg['website']['navbar']['left'][0]['menu']]
+    assert set(listed) >= {p.name for p in REPO.glob('nbs/[0-9]*.ipynb')}, "a lesson is missing from the docs menu"
+
+
+def test_docs_command_fails_loudly_without_quarto(tmp_path, monkeypatch):
+    if shutil.which('quarto'): pytest.skip('Quarto is installed here: the docs build itself is what runs')
+    r = subprocess.run([sys.executable, '-c', 'import sys, vtd.core as c; sys.exit(c.docs_main([]))'],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and 'Quarto is not installed' in r.stderr
+
+
+def test_vtd_imports_without_optional_packages():
+    code = ("import sys, importlib.util; import vtd, vtd.core, vtd.data; "
+            "assert 'torchvision' not in sys.modules and 'lpips' not in sys.modules")
+    subprocess.run([sys.executable, '-c', code], check=True)

@@ -24,3 +24,30 @@ def pytest_configure(config):
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return REPO
+
+
+# --- Browser tests (pytest-playwright driving the system Chromium; `playwright install` is never needed) ---
+CHROMIUM_CANDIDATES = ('/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome')
+
+
+@pytest.fixture(scope='session')
+def chromium_path() -> str:
+    "The system Chromium (Debian's `chromium`; `$VTD_CHROMIUM` overrides), or skip saying how to get one."
+    import shutil
+    for c in (os.environ.get('VTD_CHROMIUM'), *CHROMIUM_CANDIDATES, shutil.which('chromium')):
+        if c and Path(c).exists(): return c
+    pytest.skip('Chromium is not installed: the browser tests need it (Debian: apt-get install chromium; .ci/run installs it)')
+
+
+@pytest.fixture(scope='session')
+def browser_type_launch_args(browser_type_launch_args, chromium_path):
+    "Point pytest-playwright at the system Chromium, headless, with nothing phoning home."
+    return {**browser_type_launch_args, 'executable_path': chromium_path,
+            'args': ['--no-sandbox', '--headless', '--disable-gpu', '--disable-dev-shm-usage',
+                     '--disable-background-networking', '--disable-component-update', '--disable-sync',
+                     '--no-first-run', '--disable-default-apps', '--mute-audio']}
+
+
+@pytest.fixture(scope='session')
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, 'viewport': {'width': 1280, 'height': 900}}

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 # %% auto 0
-__all__ = ['CHECKPOINT_FORMAT', 'seed_everything', 'get_device', 'fit', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
-           'psnr', 'ssim', 'show_images', 'live_widget', 'record_results', 'find_notebooks', 'run_notebook',
-           'format_results_table', 'tour_main', 'readme_from_index', 'write_readme', 'docs_main']
+__all__ = ['CHECKPOINT_FORMAT', 'HTML_MANAGER_SPEC', 'HTML_MANAGER_CDN', 'seed_everything', 'get_device', 'fit',
+           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'psnr', 'ssim', 'show_images', 'live_widget',
+           'record_results', 'find_notebooks', 'run_notebook', 'format_results_table', 'tour_main', 'readme_from_index',
+           'write_readme', 'docs_main', 'html_manager_js', 'read_executed_notebook', 'notebook_title', 'build_site']
 
 # %% ../nbs/00_core.ipynb
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
@@ -237,23 +238,28 @@ def show_images(images, nrow: int | None = None, titles=None, suptitle: str | No
 # %% ../nbs/00_core.ipynb
 def live_widget(render: Callable[..., Any], controls: Mapping[str, Any], title: str | None = None):
     """Build a widget: `controls` (name -> ipywidget) drive `render(**values)`, which draws with matplotlib
-    (or returns an object to display). Errors show as tracebacks in the output area."""
+    (or returns an object to display). A `Button` passes how many times it was clicked (so a "resample"
+    button can change a seed). Errors show as tracebacks in the output area."""
     import ipywidgets as W
     from IPython.display import display
     import matplotlib.pyplot as plt
     out = W.Output()
+    clicks = {k: 0 for k, c in controls.items() if isinstance(c, W.Button)}  # a Button has no .value
     def refresh(*_):
         with out:  # an exception inside is shown in `out` (stderr), never swallowed silently
             out.clear_output(wait=True)
-            res = render(**{k: c.value for k, c in controls.items()})
+            res = render(**{k: clicks[k] if k in clicks else c.value for k, c in controls.items()})
             if res is not None and not isinstance(res, plt.Figure): display(res)
             elif isinstance(res, plt.Figure): display(res); plt.close(res)
             else: plt.show()
-    for c in controls.values():
-        if isinstance(c, W.Button): c.on_click(refresh)
+    def clicked(name):
+        def on_click(_): clicks[name] += 1; refresh()
+        return on_click
+    for k, c in controls.items():
+        if isinstance(c, W.Button): c.on_click(clicked(k))
         else: c.observe(refresh, names='value')
     header = [W.HTML(f"<b>{title}</b>")] if title else []
-    box = W.VBox(header + [W.HBox(list(controls.values())), out])
+    box = W.VBox(header + [W.HBox(list(controls.values()), layout=W.Layout(flex_flow='row wrap')), out])  # many controls wrap
     box.refresh = refresh
     refresh()
     return box
@@ -332,6 +338,7 @@ def tour_main(argv: list[str] | None = None) -> int:
     ap.add_argument('--out', type=Path, default=Path('tour_output'), help='where executed notebooks and results go')
     ap.add_argument('--only', default=None, help='run only notebooks whose name contains this text')
     ap.add_argument('--timeout', type=int, default=None, help='per-cell timeout in seconds')
+    ap.add_argument('--site', action='store_true', help='also render the executed notebooks to a static HTML site in <out>/site')
     a = ap.parse_args(argv)
     nbs = find_notebooks(a.nbs or _default_nbs_dir())
     if a.only: nbs = [p for p in nbs if a.only in p.name]
@@ -347,6 +354,10 @@ def tour_main(argv: list[str] | None = None) -> int:
     table = format_results_table(runs)
     (a.out / 'summary.txt').write_text(table + '\n'); (a.out / 'summary.json').write_text(json.dumps(runs, indent=1))
     print(); print(table)
+    if a.site:
+        site = build_site(a.out, a.out / 'site')
+        print(f"\nsite: {len(site['pages'])} pages in {site['index'].parent}/ (widgets: {site['widgets_note']}); "
+              f"open it with: python -m http.server -d {site['index'].parent} 8000  ->  http://127.0.0.1:8000/")
     return 0 if all(r['ok'] for r in runs) else 1
 
 # %% ../nbs/00_core.ipynb
@@ -381,3 +392,179 @@ def docs_main(argv: list[str] | None = None) -> int:
         return 2
     write_readme('.')
     return subprocess.call(['nbdev_docs'] + list(argv or sys.argv[1:]))
+
+# %% ../nbs/00_core.ipynb
+HTML_MANAGER_SPEC = '@jupyter-widgets/html-manager@^1.0.0'  # the manager of ipywidgets 8 (widget protocol 2)
+HTML_MANAGER_CDN = 'https://cdn.jsdelivr.net/npm/@jupyter-widgets/html-manager@^1.0.0/dist/embed.js'
+
+def _cache_root() -> Path:
+    return Path(os.environ.get('VTD_CACHE', Path.home() / '.cache' / 'vtd'))
+
+def html_manager_js(cache_dir: str | Path | None = None, npm: str | None = None) -> Path | None:
+    """Path of the widget manager's standalone `dist/embed.js`, fetched once with `npm pack` into
+    `cache_dir` (default `$VTD_CACHE/html-manager`); None (with a message) when npm cannot fetch it."""
+    import shutil, subprocess, tarfile
+    cache = Path(cache_dir) if cache_dir else _cache_root() / 'html-manager'
+    js = cache / 'package' / 'dist' / 'embed.js'
+    if js.exists(): return js
+    npm = npm or shutil.which('npm')
+    if npm is None:
+        print("html_manager_js: npm is not installed, so the widget manager cannot be bundled", file=sys.stderr)
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        try:
+            r = subprocess.run([npm, 'pack', HTML_MANAGER_SPEC, '--pack-destination', tmp],
+                               capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            print(f"html_manager_js: npm pack failed ({type(e).__name__}: {e})", file=sys.stderr); return None
+        tgz = sorted(Path(tmp).glob('*.tgz'))
+        if r.returncode != 0 or not tgz:
+            why = (r.stderr.strip().splitlines() or ['no message'])[-1]
+            print(f"html_manager_js: `npm pack {HTML_MANAGER_SPEC}` failed: {why}", file=sys.stderr); return None
+        with tarfile.open(tgz[0]) as tf:  # the 'data' filter refuses absolute paths, links out and devices
+            if hasattr(tarfile, 'data_filter'): tf.extractall(tmp, filter='data')
+            else: tf.extractall(tmp, members=[m for m in tf.getmembers() if m.isfile() or m.isdir()])
+        if not (Path(tmp) / 'package' / 'dist' / 'embed.js').exists():
+            print(f"html_manager_js: {tgz[0].name} has no package/dist/embed.js", file=sys.stderr); return None
+        if not js.exists(): os.replace(Path(tmp) / 'package', cache / 'package')  # whole folder, in one step
+    return js
+
+def _online(host: str = 'cdn.jsdelivr.net', port: int = 443, timeout: float = 3.0) -> bool:
+    import socket
+    try: socket.create_connection((host, port), timeout=timeout).close(); return True
+    except OSError: return False
+
+# %% ../nbs/00_core.ipynb
+def read_executed_notebook(path: str | Path):
+    "Read a notebook for rendering, dropping the float `metadata.execution.total` nbformat rejects."
+    import nbformat
+    raw = json.loads(Path(path).read_text(encoding='utf-8'))
+    for meta in [raw.get('metadata', {})] + [c.get('metadata', {}) for c in raw.get('cells', [])]:
+        ex = meta.get('execution')
+        if isinstance(ex, dict) and isinstance(ex.get('total'), float):
+            del ex['total']
+            if not ex: del meta['execution']
+    return nbformat.reads(json.dumps(raw), as_version=4)
+
+def notebook_title(nb) -> tuple[str, str]:
+    "The nbdev title (`# Title`) and description (`> ...`) from a notebook's first markdown cell."
+    for c in nb.cells:
+        if c.cell_type != 'markdown': continue
+        lines = [l.strip() for l in c.source.splitlines()]
+        title = next((l[2:].strip() for l in lines if l.startswith('# ')), '')
+        desc = next((l[1:].strip() for l in lines if l.startswith('>')), '')
+        return title, desc
+    return '', ''
+
+# %% ../nbs/00_core.ipynb
+_SITE_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4rem;text-align:left;vertical-align:top}
+.ok{color:#080}.failed{color:#b00;font-weight:bold}.note{color:#555;font-size:.9em}code{font-size:.9em}"""
+
+_NO_FAVICON = '<link rel="icon" href="data:,">'  # browsers otherwise ask for /favicon.ico, a failed request
+
+def _esc(s) -> str:
+    import html
+    return html.escape(str(s), quote=True)
+
+def _page_nav(prev_page, next_page) -> str:
+    links = ['<a href="index.html">vtd: all lessons</a>']
+    if prev_page: links.append(f'<a href="{_esc(prev_page)}">&larr; {_esc(prev_page[:-5])}</a>')
+    if next_page: links.append(f'<a href="{_esc(next_page)}">{_esc(next_page[:-5])} &rarr;</a>')
+    return ('<nav class="vtd-nav" style="font-family:system-ui,sans-serif;padding:.5rem 1rem;'
+            'border-bottom:1px solid #ddd">' + ' &middot; '.join(links) + '</nav>')
+
+def _link_pages(html_text: str, pages: set[str]) -> str:
+    "Point links between notebooks (`02_fractal.ipynb#x`) at their pages in the site."
+    import re
+    def fix(m):
+        name = m.group(2) + '.html'
+        return f'{m.group(1)}{name}{(m.group(3) or "").lower()}"' if name in pages else m.group(0)
+    return re.sub(r'(href=")(?:\./)?([\w.-]+)\.ipynb(#[^"]*)?"', fix, html_text)
+
+def _lower_ids(html_text: str) -> str:
+    "Lower-case heading ids and same-page anchors: nbconvert keeps `#A-widget`, Quarto and readers write `#a-widget`."
+    import re
+    low = lambda m: m.group(1) + m.group(2).lower() + m.group(3)
+    html_text = re.sub(r'(<h[1-6][^>]*?\sid=")([^"]+)(")', low, html_text)
+    return re.sub(r'(href="#)([^"]+)(")', low, html_text)
+
+# %% ../nbs/00_core.ipynb
+def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'auto',
+               cache_dir: str | Path | None = None, quiet: bool = False) -> dict:
+    """Render the executed notebooks in `executed_dir` to HTML pages in `site_dir`, with `index.html`.
+
+    `widgets` says where the pages load the widget manager from: 'local' (a copy in the site, fetched
+    with npm), 'cdn', 'none' (widgets stay empty), or 'auto' (local, else the CDN when online, else
+    none). Returns {'pages', 'index', 'widgets', 'widgets_note'}."""
+    import shutil
+    from nbconvert import HTMLExporter
+    executed_dir, site_dir = Path(executed_dir), Path(site_dir)
+    if widgets not in ('auto', 'local', 'cdn', 'none'):
+        raise ValueError(f"widgets must be 'auto', 'local', 'cdn' or 'none', got {widgets!r}")
+    nbs = sorted(p for p in executed_dir.glob('*.ipynb') if not p.name.startswith(('_', '.')))
+    if not nbs: raise FileNotFoundError(f"no executed notebooks (*.ipynb) in {executed_dir}: run `vtd-tour` first")
+    site_dir.mkdir(parents=True, exist_ok=True)
+    js = html_manager_js(cache_dir) if widgets in ('auto', 'local') else None
+    if widgets == 'local' and js is None:
+        raise RuntimeError("widgets='local': the widget manager could not be fetched with npm (see the message above)")
+    if js is not None:
+        dest = site_dir / '_static' / 'html-manager'; dest.mkdir(parents=True, exist_ok=True)
+        for f in js.parent.iterdir():  # embed.js, its licence and the icon fonts it refers to
+            if f.is_file() and not f.name.endswith('.map') and 'amd' not in f.name: shutil.copy2(f, dest / f.name)
+        version = json.loads((js.parent.parent / 'package.json').read_text()).get('version', '?')
+        kind, renderer = 'local', '_static/html-manager/embed.js'
+        note = f"local copy of @jupyter-widgets/html-manager {version} (site/_static/html-manager)"
+    elif widgets in ('auto', 'cdn') and (widgets == 'cdn' or _online()):
+        kind, renderer, note = 'cdn', HTML_MANAGER_CDN, f"loaded from the CDN ({HTML_MANAGER_CDN}): readers need network"
+    else:
+        kind, renderer = 'none', ''
+        note = "NOT available (no npm, offline): widgets in these pages render as empty areas"
+    exporter = HTMLExporter(template_name='lab')
+    exporter.widget_renderer_url = renderer
+    exporter.require_js_url = ''  # the standalone embed.js needs no require.js
+    if kind != 'cdn': exporter.mathjax_url = ''  # offline: TeX stays as source rather than a failed request
+    names = [('home' if p.stem == 'index' else p.stem) + '.html' for p in nbs]
+    summary = {}
+    if (executed_dir / 'summary.json').exists():
+        summary = {r['notebook']: r for r in json.loads((executed_dir / 'summary.json').read_text())}
+    rows = []
+    for i, (p, name) in enumerate(zip(nbs, names)):
+        nb = read_executed_notebook(p)
+        body, _ = exporter.from_notebook_node(nb, resources={'metadata': {'name': p.stem}})
+        body = _lower_ids(_link_pages(body, set(names)))
+        nav = _page_nav(names[i - 1] if i > 0 else None, names[i + 1] if i + 1 < len(names) else None)
+        body = body.replace('<main>', '<main>\n' + nav, 1) if '<main>' in body else body
+        body = body.replace('</head>', _NO_FAVICON + '\n</head>', 1)
+        (site_dir / name).write_text(body, encoding='utf-8')
+        title, desc = notebook_title(nb)
+        run = summary.get(p.name)
+        has_widgets = 'application/vnd.jupyter.widget-state+json' in nb.metadata.get('widgets', {})
+        rows.append((p, name, title, desc, run, has_widgets))
+    trs = []
+    for p, name, title, desc, run, has_widgets in rows:
+        status = '' if run is None else ('<span class="ok">ok</span>' if run['ok'] else
+                                         f'<span class="failed">FAILED</span><br><code>{_esc(run["error"])}</code>')
+        secs = '' if run is None else f"{run['seconds']:.1f}s"
+        res = '' if run is None else '<br>'.join(f"{_esc(k)} = {v:.4g}" if isinstance(v, float) else f"{_esc(k)} = {_esc(v)}"
+                                                 for k, v in run['results'].items())
+        trs.append(f'<tr><td><a href="{_esc(name)}">{_esc(p.stem)}</a></td><td><b>{_esc(title)}</b><br>{_esc(desc)}'
+                   f'{" <span class=note>(widgets)</span>" if has_widgets else ""}</td><td>{status}</td><td>{secs}</td><td>{res}</td></tr>')
+    index = site_dir / 'index.html'
+    index.write_text(f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>vtd: the lessons</title>{_NO_FAVICON}<style>{_SITE_CSS}</style></head>
+<body><main>
+<h1>vtd: visual token diffusion</h1>
+<p>War stories of generative models that failed, reproduced, measured and fixed: the lessons as they ran
+(executed notebooks from <code>{_esc(executed_dir)}</code>).</p>
+<table><tr><th>notebook</th><th>lesson</th><th>status</th><th>time</th><th>results</th></tr>
+{chr(10).join(trs)}
+</table>
+<p class="note">Widgets show the state saved when the notebook ran (they do not recompute here: run the
+notebook in JupyterLab to move them). Widget manager: {_esc(note)}.</p>
+</main></body></html>
+""", encoding='utf-8')
+    if not quiet: print(f"build_site: {len(names)} pages -> {site_dir}/ ; widget manager: {note}")
+    return {'pages': [site_dir / n for n in names], 'index': index, 'widgets': kind, 'widgets_note': note}

@@ -5,15 +5,23 @@
 # %% ../nbs/06_prior.ipynb 3
 from __future__ import annotations
 
-import math
+import hashlib, json, math, os
 from dataclasses import dataclass, asdict
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .core import seed_everything, fit, save_checkpoint, load_checkpoint, CheckpointError
+
 # %% auto 0
-__all__ = ['TransformerConfig', 'SelfAttention', 'Block', 'timestep_embedding', 'Transformer']
+__all__ = ['N_POSITIONS', 'TransformerConfig', 'SelfAttention', 'Block', 'timestep_embedding', 'Transformer', 'CodeRangeError',
+           'images_with_bad_codes', 'check_codes', 'CodeGrids', 'uniform_bits', 'IndependentPositions',
+           'fit_independent', 'CodePrior', 'train_prior', 'codebook_signature', 'save_prior', 'load_prior',
+           'ImageClassifier', 'classifier_accuracy', 'train_image_classifier', 'classifier_features',
+           'frechet_distance']
 
 # %% ../nbs/06_prior.ipynb
 @dataclass
@@ -140,3 +148,298 @@ class Transformer(nn.Module):
         "An empty key/value cache for incremental (causal) decoding."
         if not self.cfg.causal: raise ValueError("a key/value cache only makes sense for a causal transformer")
         return [dict() for _ in self.blocks]
+
+# %% ../nbs/06_prior.ipynb
+N_POSITIONS = 16  # a 4x4 grid of codes per image, row-major
+
+class CodeRangeError(ValueError):
+    "Codes outside [0, K) (or of the wrong shape or dtype) reached the prior's data boundary."
+
+def images_with_bad_codes(codes: torch.Tensor, K: int) -> torch.Tensor:
+    "Indices of the images (rows) holding any code outside [0, K): what the seed's filter would drop."
+    codes = torch.as_tensor(codes)
+    return ((codes < 0) | (codes >= K)).reshape(len(codes), -1).any(1).nonzero().squeeze(1)
+
+def check_codes(codes: torch.Tensor, K: int, what: str = 'codes') -> torch.Tensor:
+    "Return `codes` as a LongTensor `[N, 16]`, or raise `CodeRangeError` naming the problem and the offending images."
+    if not isinstance(K, int) or K < 2: raise CodeRangeError(f"{what}: K must be an integer >= 2, got {K!r}")
+    codes = torch.as_tensor(codes)
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise CodeRangeError(f"{what}: codes must be integers, got {codes.dtype}")
+    if codes.ndim == 3 and codes.shape[1:] == (4, 4): codes = codes.reshape(len(codes), N_POSITIONS)
+    if codes.ndim != 2 or codes.shape[1] != N_POSITIONS:
+        raise CodeRangeError(f"{what}: expected [N, {N_POSITIONS}] (or [N, 4, 4]) code grids, got shape {tuple(codes.shape)}")
+    bad = images_with_bad_codes(codes, K)
+    if len(bad):
+        i = int(bad[0]); vals = codes[bad].flatten(); vals = vals[(vals < 0) | (vals >= K)].unique()
+        raise CodeRangeError(f"{what}: {len(bad)} of {len(codes)} images hold codes outside [0, {K}): images "
+                             f"{bad[:10].tolist()}{' ...' if len(bad) > 10 else ''} (values {vals[:8].tolist()}; "
+                             f"image {i} has {codes[i].tolist()}). Fix the codebook's assignment rule; "
+                             "dropping these images would bias the data")
+    return codes.long()
+
+# %% ../nbs/06_prior.ipynb
+@dataclass
+class CodeGrids:
+    "The 4x4 code grids of a set of images (`codes` `[N, 16]` in [0, K)) with their class labels, validated on construction."
+    codes: torch.Tensor
+    labels: torch.Tensor | None
+    K: int
+    name: str = 'codes'
+
+    def __post_init__(self):
+        self.codes = check_codes(self.codes, self.K, self.name)
+        if self.labels is not None:
+            self.labels = torch.as_tensor(self.labels).long()
+            if self.labels.shape != (len(self.codes),):
+                raise CodeRangeError(f"{self.name}: {len(self.codes)} code grids but labels of shape {tuple(self.labels.shape)}")
+
+    def __len__(self): return len(self.codes)
+    def __repr__(self): return f"CodeGrids({self.name}: {len(self)} grids, K={self.K})"
+
+    def subset(self, idx, name: str | None = None) -> 'CodeGrids':
+        return CodeGrids(self.codes[idx], None if self.labels is None else self.labels[idx], self.K, name or self.name)
+
+    def batches(self, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None):
+        "Yield `(codes, labels)` batches (labels None when unlabelled)."
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for i in range(0, len(self), batch_size):
+            j = order[i:i + batch_size]
+            yield self.codes[j], (None if self.labels is None else self.labels[j])
+
+    @classmethod
+    def from_codebook(cls, vae, codebook, images, labels=None, name: str = 'codes') -> 'CodeGrids':
+        "Encode `images` with `vae` and assign each latent to `codebook` (vtd.geodesic), checked at the boundary."
+        from vtd.geodesic import codes_for_images
+        return cls(codes_for_images(vae, codebook, images), labels, int(codebook.K), name)
+
+# %% ../nbs/06_prior.ipynb
+def uniform_bits(K: int) -> float:
+    "Bits per image of the uniform model over 16 codes from K."
+    return N_POSITIONS * math.log2(K)
+
+class IndependentPositions:
+    "Each of the 16 positions has its own code frequencies (fitted on training grids, additively smoothed)."
+    def __init__(self, K: int, alpha: float = 0.5):
+        if alpha <= 0: raise ValueError(f"alpha must be > 0 (smoothing), got {alpha}")
+        self.K, self.alpha, self.log_probs = K, alpha, None
+
+    def fit(self, grids: CodeGrids) -> 'IndependentPositions':
+        counts = torch.zeros(N_POSITIONS, self.K, dtype=torch.float64)
+        counts.scatter_add_(1, grids.codes.T, torch.ones(N_POSITIONS, len(grids), dtype=torch.float64))
+        counts += self.alpha
+        self.log_probs = (counts / counts.sum(1, keepdim=True)).log2()
+        return self
+
+    def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
+        "log2 p(codes) per image (bits; the NLL is its negative)."
+        if self.log_probs is None: raise RuntimeError("call fit() first")
+        codes = check_codes(codes, self.K)
+        return self.log_probs.gather(1, codes.T).sum(0).float()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.log_probs is None: raise RuntimeError("call fit() first")
+        return torch.multinomial(self.log_probs.exp2(), n, replacement=True, generator=generator).T.contiguous()
+
+def fit_independent(train: CodeGrids, valid: CodeGrids, alphas=(0.01, 0.03, 0.1, 0.3, 1.0)) -> IndependentPositions:
+    "The independent-positions model whose smoothing gives the lowest bits on `valid` (a fair baseline gets tuned too)."
+    models = [IndependentPositions(train.K, a).fit(train) for a in alphas]
+    return min(models, key=lambda m: -m.log_prob(valid.codes).mean().item())
+
+# %% ../nbs/06_prior.ipynb
+class CodePrior(nn.Module):
+    """Autoregressive prior over the 16 codes of an image: a causal `Transformer` reads a start token
+    (BOS = K, or K+1+c for class c) and the codes so far, and predicts the next code among K."""
+    def __init__(self, K: int, n_classes: int = 0, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
+                 dropout: float = 0.1, p_uncond: float = 0.2):
+        super().__init__()
+        if not isinstance(K, int) or K < 2: raise ValueError(f"K must be an integer >= 2, got {K!r}")
+        if not 0 <= p_uncond <= 1: raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+        self.config = dict(K=K, n_classes=n_classes, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                           dropout=dropout, p_uncond=p_uncond)
+        self.K, self.n_classes, self.p_uncond, self.bos = K, n_classes, p_uncond, K
+        self.net = Transformer(TransformerConfig(vocab_size=K + 1 + n_classes, block_size=N_POSITIONS, n_layer=n_layer,
+                                                 n_head=n_head, n_embd=n_embd, dropout=dropout, causal=True, n_out=K))
+
+    def start_tokens(self, n: int, class_label=None, device=None) -> torch.Tensor:
+        "Start tokens `[n]`: BOS for `class_label` None (or -1 entries), else K + 1 + class."
+        if class_label is None: return torch.full((n,), self.bos, dtype=torch.long, device=device)
+        labels = torch.as_tensor(class_label, device=device).long()
+        if labels.ndim == 0: labels = labels.expand(n)
+        if labels.shape != (n,): raise ValueError(f"class_label must be an int or a tensor of shape [{n}], got shape {tuple(labels.shape)}")
+        if self.n_classes == 0 and (labels >= 0).any(): raise ValueError("this prior is unconditional (n_classes=0): pass class_label=None")
+        if (labels < -1).any() or (labels >= self.n_classes).any():
+            raise ValueError(f"class labels must be in [0, {self.n_classes}) (or -1 for none), got {labels.unique()[:8].tolist()}")
+        return torch.where(labels < 0, torch.full_like(labels, self.bos), self.K + 1 + labels)
+
+    def logits(self, codes: torch.Tensor, class_label=None) -> torch.Tensor:
+        "Next-code logits `[N, 16, K]`: position i sees the start token and codes before i."
+        codes = check_codes(codes, self.K)
+        start = self.start_tokens(len(codes), class_label, codes.device)
+        return self.net(torch.cat([start[:, None], codes[:, :-1]], 1))
+
+    def loss(self, codes: torch.Tensor, class_label=None) -> torch.Tensor:
+        "Mean cross-entropy (nats per code); in training a share `p_uncond` of class tokens becomes BOS."
+        if self.training and class_label is not None and self.p_uncond > 0:
+            labels = torch.as_tensor(class_label).long().expand(len(codes))
+            class_label = torch.where(torch.rand(len(codes)) < self.p_uncond, -1, labels)
+        codes = check_codes(codes, self.K)
+        return F.cross_entropy(self.logits(codes, class_label).flatten(0, 1), codes.flatten())
+
+    @torch.no_grad()
+    def log_prob(self, codes: torch.Tensor, class_label=None, batch_size: int = 2048) -> torch.Tensor:
+        "log2 p(codes [| class]) per image, in bits (the NLL in bits is its negative). Eval mode, batched."
+        codes = check_codes(codes, self.K); was = self.training; self.eval()
+        labels = None if class_label is None else torch.as_tensor(class_label).long().expand(len(codes))
+        out = []
+        for i in range(0, len(codes), batch_size):
+            c = codes[i:i + batch_size]
+            lp = self.logits(c, None if labels is None else labels[i:i + batch_size]).log_softmax(-1)
+            out.append(lp.gather(-1, c[..., None]).squeeze(-1).sum(1) / math.log(2))
+        self.train(was)
+        return torch.cat(out) if out else torch.zeros(0)
+
+    @staticmethod
+    def _pick(logits, temperature, top_k, generator):
+        logits = logits.float() / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float('-inf'))
+        probs = logits.softmax(-1)
+        dev = generator.device if generator is not None else probs.device
+        return torch.multinomial(probs.to(dev), 1, generator=generator).to(logits.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, class_label=None, temperature: float = 1.0, top_k: int | None = None,
+               generator: torch.Generator | None = None, use_cache: bool = True, batch_size: int = 1024) -> torch.Tensor:
+        """`n` code grids `[n, 16]`, drawn code by code. `temperature` scales the logits, `top_k` keeps
+        the k likeliest codes at each step; the same `generator` state gives the same codes.
+        `use_cache` reuses keys/values of earlier positions instead of recomputing them."""
+        if temperature <= 0: raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_k is not None and not 1 <= top_k: raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        was = self.training; self.eval(); dev = next(self.parameters()).device
+        start_all = self.start_tokens(n, class_label, dev); out = []
+        for b in range(0, n, batch_size):
+            start = start_all[b:b + batch_size]; codes = start.new_zeros(len(start), 0)
+            cache = self.net.new_cache() if use_cache else None
+            for i in range(N_POSITIONS):
+                if use_cache: logits = self.net((start[:, None] if i == 0 else codes[:, -1:]), cache=cache, pos_offset=i)[:, -1]
+                else: logits = self.net(torch.cat([start[:, None], codes], 1))[:, -1]
+                codes = torch.cat([codes, self._pick(logits, temperature, top_k, generator)], 1)
+            out.append(codes)
+        self.train(was)
+        return torch.cat(out) if out else torch.zeros(0, N_POSITIONS, dtype=torch.long)
+
+# %% ../nbs/06_prior.ipynb
+def train_prior(train: CodeGrids, valid: CodeGrids, epochs: int, n_classes: int = 0, batch_size: int = 256,
+                lr: float = 2e-3, seed: int = 0, progress: bool = True, desc: str = 'prior', **model_kw) -> tuple:
+    """Train a `CodePrior` on `train` grids (class-conditional when `n_classes` > 0); keep the epoch with the
+    lowest held-out bits per image on `valid` (small data overfits). Returns `(prior, history)`."""
+    seed_everything(seed)
+    prior = CodePrior(train.K, n_classes=n_classes, **model_kw)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(prior.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    steps = epochs * math.ceil(len(train) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    labels_used = n_classes > 0 and train.labels is not None
+    hist = fit(prior, lambda m, b: m.loss(b[0], b[1] if labels_used else None),
+               lambda: train.batches(batch_size, generator=g), epochs=epochs, opt=opt, scheduler=sched,
+               grad_clip=1.0, valid_fn=lambda m: -m.log_prob(valid.codes).mean().item(), keep_best=True,
+               progress=progress, desc=desc)
+    return prior, hist
+
+# %% ../nbs/06_prior.ipynb
+def codebook_signature(codebook) -> dict:
+    "What identifies a codebook: K, its kind and the sha256 of its vectors (`vtd.geodesic.Codebook`)."
+    return {'K': int(codebook.K), 'kind': str(codebook.kind), 'hash': str(codebook.hash())}
+
+def save_prior(path, prior: CodePrior, codebook, extra: dict | None = None):
+    "Save `prior` with its config and the signature of the `codebook` its codes come from."
+    sig = codebook_signature(codebook)
+    if sig['K'] != prior.K: raise ValueError(f"the prior has K={prior.K} but the codebook has K={sig['K']}")
+    return save_checkpoint(path, prior, prior.config, kind='code_prior', extra={**(extra or {}), 'codebook': sig})
+
+def load_prior(path, codebook, expected_config: dict | None = None, map_location='cpu') -> CodePrior:
+    """Load a prior saved by `save_prior`, beside `codebook`. A different codebook (kind, K or vectors) or
+    config is a `CheckpointError` naming the mismatch; a file with pickled objects is refused."""
+    ckpt = load_checkpoint(path, kind='code_prior', expected_config=expected_config, map_location=map_location)
+    saved, here = ckpt['extra'].get('codebook'), codebook_signature(codebook)
+    if not isinstance(saved, dict): raise CheckpointError(f"{path} carries no codebook signature; save it with save_prior")
+    diff = [f"{k}: checkpoint has {saved.get(k)!r}, codebook here has {here[k]!r}" for k in ('kind', 'K', 'hash') if saved.get(k) != here[k]]
+    if diff: raise CheckpointError(f"{path}: this prior was trained on another codebook ({'; '.join(diff)})")
+    prior = CodePrior(**ckpt['config'])
+    load_checkpoint(path, prior, kind='code_prior', map_location=map_location)
+    return prior.eval()
+
+# %% ../nbs/06_prior.ipynb
+class ImageClassifier(nn.Module):
+    "A small CNN for `[N, C, H, W]` images; `features` gives its penultimate activations (what FD uses)."
+    def __init__(self, in_channels: int = 1, n_classes: int = 10, width: int = 32, n_features: int = 64):
+        super().__init__()
+        self.config = dict(in_channels=in_channels, n_classes=n_classes, width=width, n_features=n_features)
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(2 * width * 9, n_features), nn.ReLU())
+        self.head = nn.Linear(n_features, n_classes)
+    def features(self, x): return self.body(x)
+    def forward(self, x): return self.head(self.body(x))
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get('VTD_CACHE', Path.home() / '.cache' / 'vtd'))
+
+@torch.no_grad()
+def classifier_accuracy(clf: ImageClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    "Share of `images` the classifier assigns to `labels`."
+    clf.eval(); labels = torch.as_tensor(labels).long()
+    if len(images) != len(labels): raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    pred = torch.cat([clf(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    return float((pred == labels).float().mean())
+
+def train_image_classifier(data, smoke: bool, seed: int = 0, epochs: int | None = None, progress: bool = True) -> ImageClassifier:
+    """A small CNN trained on `data` (a `vtd.data.ImageData`), in eval mode, with `.test_accuracy` set.
+    Cached as a vtd checkpoint under `$VTD_CACHE` keyed by its config, the data, smoke, epochs and seed."""
+    epochs = epochs or (1 if smoke else 3)
+    n_train = min(len(data.x_train), 8000 if smoke else len(data.x_train))
+    clf = ImageClassifier(in_channels=data.x_train.shape[1], n_classes=len(data.classes))
+    key = {**clf.config, 'data': data.name, 'n_train': n_train, 'smoke': bool(smoke), 'epochs': epochs, 'seed': seed}
+    path = _cache_dir() / f"classifier_{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
+    try:
+        ckpt = load_checkpoint(path, clf, expected_config=key, kind='image_classifier')
+        clf.test_accuracy = ckpt['extra']['test_accuracy']; return clf.eval()
+    except CheckpointError: pass  # a cache miss (or a stale file): train
+    seed_everything(seed); g = torch.Generator().manual_seed(seed)
+    x, y = data.x_train[:n_train], data.y_train[:n_train]
+    def batches():
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 128): yield x[order[i:i + 128]], y[order[i:i + 128]]
+    fit(clf, lambda m, b: F.cross_entropy(m(b[0]), b[1]), batches, epochs=epochs, lr=2e-3, progress=progress, desc='classifier')
+    clf.test_accuracy = classifier_accuracy(clf, data.x_test, data.y_test)
+    save_checkpoint(path, clf, key, kind='image_classifier', extra={'test_accuracy': clf.test_accuracy})
+    return clf.eval()
+
+@torch.no_grad()
+def classifier_features(clf: ImageClassifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    "Penultimate features `[N, F]` of `images` `[N, C, H, W]` in [0, 1]."
+    images = torch.as_tensor(images)
+    if images.ndim != 4: raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+    if not torch.isfinite(images).all(): raise ValueError("images hold NaN or inf")
+    clf.eval()
+    return torch.cat([clf.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)])
+
+# %% ../nbs/06_prior.ipynb
+def frechet_distance(feats_a, feats_b) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets `[N, F]`:
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), via symmetric eigendecompositions.
+    It depends on N (the covariance estimates are biased at small N): compare values at the same N."""
+    a, b = (np.asarray(torch.as_tensor(f).detach().cpu().double()) for f in (feats_a, feats_b))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"features must be [N, F] with the same F, got {a.shape} and {b.shape}")
+    if min(len(a), len(b)) < 2: raise ValueError(f"need at least 2 samples per set, got {len(a)} and {len(b)}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()): raise ValueError("features hold NaN or inf")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, V = np.linalg.eigh(cov_a)
+    sqrt_a = (V * np.sqrt(w.clip(min=0))) @ V.T
+    cross = np.sqrt(np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clip(min=0)).sum()  # tr (S_a^1/2 S_b S_a^1/2)^1/2
+    return float(((mu_a - mu_b)**2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)

@@ -1,0 +1,199 @@
+"Unit tests for vtd.diffusion: processes, posterior, loss weights, samplers, float32 Gumbel, bad inputs."
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vtd.diffusion import (AbsorbingProcess, UniformProcess, LogLinearSchedule, CosineSchedule, TokenDenoiser,
+                           PatternDenoiser, masked_diffusion_loss, discrete_time_loss, heldout_bound, ancestral_sample,
+                           maskgit_sample, categorical, gumbel_float32_reveal_distribution, make_ar_model, ar_sample,
+                           ar_heldout_bits, distinct_n, unigram_entropy_bits)
+
+SCHEDULES = [LogLinearSchedule(), CosineSchedule()]
+PROCESSES = [AbsorbingProcess, UniformProcess]
+
+
+@pytest.mark.parametrize('proc', PROCESSES)
+@pytest.mark.parametrize('sched', SCHEDULES, ids=lambda s: s.name)
+def test_transitions_are_stochastic_and_compose(proc, sched):
+    P = proc(5, sched)
+    for s, t in [(0.0, 0.2), (0.2, 0.7), (0.5, 1.0), (0.0, 1.0)]:
+        Q = P.transition_matrix(s, t)
+        assert torch.allclose(Q.sum(1), torch.ones(P.n_states, dtype=torch.float64))
+        assert (Q >= 0).all()
+    assert torch.allclose(P.transition_matrix(0, 0.3) @ P.transition_matrix(0.3, 0.8), P.transition_matrix(0, 0.8))
+    x0 = torch.tensor([[0, 1, 4]])
+    assert torch.allclose(P.marginal(x0, 0.4)[0], P.transition_matrix(0, 0.4)[x0[0]])
+
+
+@pytest.mark.parametrize('sched', SCHEDULES, ids=lambda s: s.name)
+def test_uniform_reaches_uniform_and_absorbing_reaches_mask(sched):
+    U = UniformProcess(4, sched)
+    assert torch.allclose(U.transition_matrix(0, 1.0), torch.full((4, 4), 0.25, dtype=torch.float64))
+    A = AbsorbingProcess(4, sched)
+    assert torch.allclose(A.transition_matrix(0, 1.0)[:, A.mask_id], torch.ones(5, dtype=torch.float64))
+    x1 = A.q_sample(torch.randint(0, 4, (3, 50)), 1.0)
+    assert (x1 == A.mask_id).all()
+
+
+@pytest.mark.parametrize('proc', PROCESSES)
+@pytest.mark.parametrize('sched', SCHEDULES, ids=lambda s: s.name)
+def test_posterior_equals_brute_force_bayes(proc, sched):
+    "q(x_s | x_t, x_0) from the joint q(x_0) q(x_s|x_0) q(x_t|x_s) on a 4-token vocabulary."
+    P = proc(4, sched)
+    for s, t in [(0.0, 0.25), (0.3, 0.7), (0.6, 1.0)]:
+        Qs, Qts = P.transition_matrix(0, s), P.transition_matrix(s, t)
+        for x0 in range(4):
+            for xt in range(P.n_states):
+                joint = Qs[x0] * Qts[:, xt]                    # over x_s, for this x_0 and x_t
+                if joint.sum() == 0: continue                  # impossible (x_0, x_t) pair
+                post = P.posterior(torch.tensor([xt]), F.one_hot(torch.tensor([x0]), 4).double(), torch.tensor(s), torch.tensor(t))
+                assert torch.allclose(post[0], joint / joint.sum(), atol=1e-12)
+
+
+def test_absorbing_posterior_with_predicted_x0_marginalises():
+    "With a predicted distribution over x_0, the reverse step is the p0-mixture of the exact posteriors (absorbing)."
+    P = AbsorbingProcess(4)
+    p0 = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    xt = torch.tensor([P.mask_id])
+    mix = sum(p0[0, k] * P.posterior(xt, F.one_hot(torch.tensor([k]), 4).double(), torch.tensor(0.2), torch.tensor(0.6))
+              for k in range(4))
+    assert torch.allclose(P.posterior(xt, p0, torch.tensor(0.2), torch.tensor(0.6)), mix)
+
+
+def test_loss_weights():
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    assert torch.allclose(LogLinearSchedule().weight(t), 1 / t)
+    c, h = CosineSchedule(), 1e-6
+    num = -(c.alpha(t + h) - c.alpha(t - h)) / (2 * h) / (1 - c.alpha(t))
+    assert torch.allclose(c.weight(t), num, rtol=1e-5)
+    # the discrete-time weights (α_s - α_t)/(1 - α_t) summed x T tend to the continuous integral of -α'/(1-α)·(1-α) = 1
+    for sched in SCHEDULES:
+        T = 2000
+        i = torch.arange(1, T + 1, dtype=torch.float64)
+        a_s, a_t = sched.alpha((i - 1) / T), sched.alpha(i / T)
+        assert abs(((a_s - a_t)).sum().item() - 1.0) < 1e-9   # each token is revealed exactly once
+
+
+def test_discrete_bound_kl_matches_weighted_cross_entropy_for_absorbing():
+    "For the absorbing process the generic KL(q(x_s|x_t,x_0)||p(x_s|x_t)) is the weighted masked cross-entropy."
+    torch.manual_seed(0)
+    P, V = AbsorbingProcess(6), 6
+    xt = torch.tensor([[V, 2, V, 5]]); x0 = torch.tensor([[1, 2, 3, 5]])
+    p0 = torch.softmax(torch.randn(1, 4, V, dtype=torch.float64), -1)
+    s, t = torch.tensor(0.3), torch.tensor(0.5)
+    q, p = P.posterior(xt, F.one_hot(x0, V).double(), s, t), P.posterior(xt, p0, s, t)
+    kl = (q * (q.clamp_min(1e-300).log() - p.clamp_min(1e-300).log())).sum(-1)
+    w = (P.schedule.alpha(s) - P.schedule.alpha(t)) / (1 - P.schedule.alpha(t))
+    expect = -p0.gather(-1, x0[..., None])[..., 0].log() * w * (xt == V)
+    assert torch.allclose(kl, expect.double(), atol=1e-9)
+
+
+def _tiny(V=80, L=12, **kw):
+    torch.manual_seed(0)
+    return TokenDenoiser(V, L, n_layer=1, n_head=2, n_embd=32, **kw)
+
+
+def test_losses_finite_and_bound_has_stderr():
+    d, A = _tiny(), AbsorbingProcess(80)
+    x0 = torch.randint(0, 80, (16, 12))
+    assert torch.isfinite(masked_diffusion_loss(d, A, x0))
+    assert torch.isfinite(discrete_time_loss(d, A, x0, 10))
+    r = heldout_bound(d, A, x0, n_t=4)
+    assert r['stderr'] > 0 and math.isfinite(r['bits_per_token'])
+    # an untrained denoiser is close to uniform: the bound is near log2 V
+    assert abs(r['bits_per_token'] - math.log2(80)) < 1.0
+    du, U = _tiny(process='uniform', time_cond=True), UniformProcess(80)
+    assert torch.isfinite(discrete_time_loss(du, U, x0, 10, hybrid_ce=0.01))
+
+
+def test_ancestral_sampler_fills_every_position_and_reuses_predictions():
+    d, A = _tiny(), AbsorbingProcess(80)
+    g = torch.Generator().manual_seed(0)
+    r = ancestral_sample(d, A, 3, 12, steps=200, generator=g, record=True)
+    assert r['tokens'].shape == (3, 12) and (r['tokens'] < 80).all()
+    assert r['n_evals'] <= 3 * 12 + 1 < 200  # a step that reveals nothing costs no network call
+    r2 = ancestral_sample(d, A, 3, 12, steps=200, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(r['tokens'], r2['tokens'])  # seeded
+    m = maskgit_sample(d, A, 3, 12, steps=4, generator=g)
+    assert (m['tokens'] < 80).all() and m['n_evals'] == 4
+    du = _tiny(process='uniform', time_cond=True)
+    u = ancestral_sample(du, UniformProcess(80), 2, 12, steps=5, generator=g)
+    assert u['tokens'].shape == (2, 12) and u['n_evals'] == 5
+
+
+def test_pattern_denoiser_scores_words_by_their_cells():
+    torch.manual_seed(0)
+    V, L = 90, 6
+    table = torch.randint(0, 3, (V, 25))
+    pd = PatternDenoiser(table, 3, L, n_layer=1, n_head=2, n_embd=32).eval()
+    A = AbsorbingProcess(V)
+    x0 = torch.randint(0, V, (2, L)); xt = torch.full_like(x0, V)
+    lp = pd.x0_log_prob(xt, torch.ones(2), x0)
+    cells = pd.x0_probs(xt, torch.ones(2)).log()
+    manual = cells.gather(-1, table[x0][..., None])[..., 0].sum(-1)
+    assert torch.allclose(lp.double(), manual, atol=1e-4)
+    ids, exact = pd.decode_cells(table[x0])
+    assert torch.equal(ids, x0) and exact.all()
+    r = ancestral_sample(pd, A, 2, L, 4, generator=torch.Generator().manual_seed(0))
+    assert 0 <= r['exact_share'] <= 1
+    with pytest.raises(ValueError, match='injective'):
+        PatternDenoiser(torch.zeros(90, 25, dtype=torch.long), 3, L)
+
+
+def test_categorical_is_unbiased():
+    p = torch.tensor([0.5, 0.3, 0.2, 0.0], dtype=torch.float64)
+    x = categorical(p.expand(20000, 4), torch.Generator().manual_seed(0))
+    freq = torch.bincount(x, minlength=4).double() / 20000
+    assert (freq[3] == 0) and torch.allclose(freq[:3], p[:3], atol=0.015)
+
+
+def test_float32_gumbel_loses_entropy_at_many_steps_and_ours_does_not():
+    "Zipf vocabulary: the token a float32 Gumbel-max draw reveals at step 1 of T has lower entropy; ours keeps it."
+    V = 4000
+    p = 1 / torch.arange(1, V + 1, dtype=torch.float64); p /= p.sum()
+    H = lambda q: float(-(q * q.clamp_min(1e-300).log2()).sum())
+    h10, h1000 = (H(gumbel_float32_reveal_distribution(p, T)) for T in (10, 1000))
+    assert abs(h10 - H(p)) < 0.05                 # few steps: harmless
+    assert H(p) - h1000 > 0.5                     # 1,000 steps: over half a bit lost
+    # ours: reveal in float64, then draw the token from p: its samples' cross-entropy under p matches H(p)
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([categorical(p.expand(1000, V), g) for _ in range(20)])
+    ce = -p.log2()[x]
+    assert abs(ce.mean().item() - H(p)) < 4 * ce.std().item() / math.sqrt(len(x))
+
+
+def test_ar_baseline_sampler_and_metrics():
+    torch.manual_seed(0)
+    ar = make_ar_model(50, 16, n_layer=1, n_head=2, n_embd=32)
+    x = ar_sample(ar, 4, 16, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 16) and (x < 50).all()
+    r = ar_heldout_bits(ar, x)
+    assert abs(r['bits_per_token'] - math.log2(50)) < 0.5 and r['per_position'].shape == (16,)
+    assert distinct_n(torch.tensor([[1, 2, 1, 2]]), 2) == 2 / 3
+    assert unigram_entropy_bits(torch.tensor([0, 1, 0, 1]), 4) == 1.0
+
+
+def test_bad_inputs_give_clear_errors():
+    d, A = _tiny(), AbsorbingProcess(80)
+    with pytest.raises(ValueError, match=r'\[MASK\] id'):
+        masked_diffusion_loss(d, A, torch.tensor([[1, 2, 80]]))
+    with pytest.raises(ValueError, match='outside the vocabulary'):
+        masked_diffusion_loss(d, A, torch.tensor([[1, -2, 3]]))
+    with pytest.raises(ValueError, match='longer than'):
+        masked_diffusion_loss(d, A, torch.zeros(2, 13, dtype=torch.long))
+    with pytest.raises(ValueError, match=r'\[0, 1\]'):
+        masked_diffusion_loss(d, A, torch.zeros(2, 5, dtype=torch.long), t=1.5)
+    with pytest.raises(ValueError, match=r'\[0, 1\]'):
+        A.q_sample(torch.zeros(2, 5, dtype=torch.long), -0.1)
+    with pytest.raises(ValueError, match='finite'):
+        A.marginal(torch.zeros(2, 5, dtype=torch.long), float('nan'))
+    with pytest.raises(TypeError, match='torch.long'):
+        A.q_sample(torch.zeros(2, 5), 0.5)
+    with pytest.raises(ValueError, match='longer than'):
+        ancestral_sample(d, A, 1, 13, 4)
+    with pytest.raises(ValueError, match='s < t'):
+        A.posterior(torch.tensor([1]), torch.ones(1, 80) / 80, 0.5, 0.5)
+    with pytest.raises(ValueError, match='uniform process'):
+        masked_diffusion_loss(d, UniformProcess(80), torch.zeros(1, 5, dtype=torch.long))

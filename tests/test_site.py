@@ -1,0 +1,170 @@
+"""The static site of executed notebooks (`vtd-tour --site`, `vtd.core.build_site`), read in a real browser.
+
+The site is built the way the main job builds it, from two small stand-in lessons (tests/browser/site/:
+a figure, a live widget, links between pages), served from 127.0.0.1 and opened in Chromium. Every page
+must load with no console error and no failed request, every image must load, every internal link and
+anchor must lead somewhere, and every widget area must show its saved state (offline: the widget
+manager is the site's own copy). A page built with faults proves the checks bite.
+"""
+import functools, http.server, json, threading
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import pytest
+
+from vtd.core import build_site, read_executed_notebook, tour_main, _link_pages
+
+REPO = Path(__file__).resolve().parent.parent
+SITE_NBS = Path(__file__).resolve().parent / 'browser' / 'site'
+
+
+# --- Without a browser -------------------------------------------------------------------------------------
+
+def test_float_execution_total_is_stripped(tmp_path):
+    nb = {'cells': [{'cell_type': 'code', 'execution_count': 1, 'outputs': [], 'source': 'x = 1',
+                     'metadata': {'execution': {'iopub.status.idle': '2026-01-01T00:00:00Z', 'total': 0.25}}},
+                    {'cell_type': 'markdown', 'metadata': {'execution': {'total': 1.5}}, 'source': '# T'}],
+          'metadata': {'execution': {'total': 2.0}}, 'nbformat': 4, 'nbformat_minor': 5}
+    (tmp_path / 'a.ipynb').write_text(json.dumps(nb))
+    got = read_executed_notebook(tmp_path / 'a.ipynb')
+    assert got.cells[0].metadata.execution == {'iopub.status.idle': '2026-01-01T00:00:00Z'}
+    assert 'execution' not in got.cells[1].metadata and 'execution' not in got.metadata
+
+
+def test_links_between_notebooks_point_at_pages():
+    html = '<a href="02_b.ipynb#x">b</a> <a href="./02_b.ipynb">b</a> <a href="09_gone.ipynb">?</a> <a href="https://x.org/a.ipynb">e</a>'
+    out = _link_pages(html, {'02_b.html'})
+    assert out == '<a href="02_b.html#x">b</a> <a href="02_b.html">b</a> <a href="09_gone.ipynb">?</a> <a href="https://x.org/a.ipynb">e</a>'
+
+
+def test_build_site_refuses_an_empty_folder_and_a_bad_option(tmp_path):
+    with pytest.raises(FileNotFoundError, match='vtd-tour'): build_site(tmp_path, tmp_path / 'site')
+    with pytest.raises(ValueError, match='widgets must be'): build_site(tmp_path, tmp_path / 'site', widgets='maybe')
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    "The stand-in lessons run by `vtd-tour --site` (kernels with the inline backend, as a reader's)."
+    import os
+    out = tmp_path_factory.mktemp('tour')
+    old = os.environ.pop('MPLBACKEND', None)
+    try:
+        rc = tour_main(['--nbs', str(SITE_NBS), '--out', str(out), '--site'])
+    finally:
+        if old is not None: os.environ['MPLBACKEND'] = old
+    assert rc == 0, (out / 'summary.txt').read_text()
+    return out / 'site'
+
+
+def test_site_has_a_page_per_notebook_and_an_index(site):
+    assert sorted(p.name for p in site.glob('*.html')) == ['01_widgets.html', '02_links.html', 'index.html']
+    index = (site / 'index.html').read_text()
+    assert '01_widgets.html' in index and '02_links.html' in index and 'largest = 9' in index
+    page = (site / '01_widgets.html').read_text()
+    assert 'application/vnd.jupyter.widget-state+json' in page, "the widgets' saved state is missing from the page"
+    if (site / '_static' / 'html-manager' / 'embed.js').exists():  # bundled: no page may reach for a CDN
+        assert '_static/html-manager/embed.js' in page and 'unpkg.com' not in page and 'cdnjs' not in page
+
+
+# --- In the browser ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def serve():
+    "Serve folders from 127.0.0.1 on a free port: serve(folder) -> base URL."
+    servers = []
+    def start(folder):
+        handler = functools.partial(QuietHandler, directory=str(folder))
+        srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start(); servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/"
+    yield start
+    for s in servers: s.shutdown(); s.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args): pass
+
+
+def check_site(page, base: str, start: str = 'index.html', shots: Path | None = None) -> tuple[list[str], list[str]]:
+    """Open every page reachable from `start` under `base`; return (pages visited, problems found)."""
+    problems, events = [], []
+    page.on('console', lambda m: events.append(f"console {m.type}: {m.text[:300]}") if m.type == 'error' else None)
+    page.on('pageerror', lambda e: events.append(f"page error: {e}"))
+    page.on('requestfailed', lambda r: events.append(f"request failed: {r.url[:200]} ({r.failure})"))
+    page.on('response', lambda r: events.append(f"HTTP {r.status}: {r.url[:200]}") if r.status >= 400 else None)
+    todo, seen, anchors = [urljoin(base, start)], set(), []
+    while todo:
+        url = todo.pop(0)
+        if url in seen: continue
+        seen.add(url); events.clear()
+        resp = page.goto(url, wait_until='networkidle')
+        name = url[len(base):] or 'index.html'
+        if resp is None or resp.status != 200:
+            problems.append(f"{name}: HTTP {resp.status if resp else 'no response'}"); continue
+        areas = page.locator('.jupyter-widgets.jp-OutputArea-output')
+        if areas.count():  # the manager renders each saved widget next to its script tag
+            try: page.wait_for_function("""() => Array.from(document.querySelectorAll('.jupyter-widgets.jp-OutputArea-output'))
+                     .every(a => a.querySelector('.jupyter-widgets.lm-Widget, .widget-output'))""", timeout=20_000)
+            except Exception: pass  # reported below, area by area
+        empty = page.evaluate("""() => Array.from(document.querySelectorAll('.jupyter-widgets.jp-OutputArea-output'))
+            .map((a, i) => [i, a.getBoundingClientRect().height, !!a.querySelector('.jupyter-widgets.lm-Widget, .widget-output')])
+            .filter(([i, h, rendered]) => !rendered || h < 5).map(([i]) => i)""")
+        problems += [f"{name}: widget area {i} is empty (the widget manager did not render it)" for i in empty]
+        blank = page.evaluate("""() => Array.from(document.querySelectorAll('.widget-output'))
+            .filter(o => !o.querySelector('img, pre, .jp-RenderedText, table')).length""")
+        if blank: problems.append(f"{name}: {blank} widget output area(s) show nothing (no saved figure or text)")
+        page.wait_for_timeout(300)
+        broken_imgs = page.evaluate("""() => Array.from(document.images)
+            .filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src.slice(0, 120))""")
+        problems += [f"{name}: image did not load: {s}" for s in broken_imgs]
+        problems += [f"{name}: {e}" for e in events]
+        if shots: page.screenshot(path=str(shots / (name.replace('/', '_') + '.png')), full_page=False)
+        for href in page.evaluate("() => Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))"):
+            target = urljoin(url, href); parsed = urlparse(target)
+            if not target.startswith(base) or parsed.scheme not in ('http', 'https'): continue  # external: not ours to check
+            page_url = target.split('#')[0]
+            if parsed.fragment: anchors.append((name, href, page_url, parsed.fragment))
+            if page_url not in seen: todo.append(page_url)
+    for name, href, page_url, frag in anchors:  # every #anchor must name an element of its page
+        if page_url in seen:
+            page.goto(page_url, wait_until='domcontentloaded')
+            if not page.evaluate('f => !!document.getElementById(f) || !!document.getElementsByName(f).length', frag):
+                problems.append(f"{name}: link {href!r} points at a missing anchor")
+    return sorted(u[len(base):] or 'index.html' for u in seen), problems
+
+
+@pytest.fixture
+def shots(output_path) -> Path:
+    p = Path(output_path); p.mkdir(parents=True, exist_ok=True); return p
+
+
+@pytest.mark.browser
+def test_every_page_of_the_site_works_offline(site, serve, page, shots):
+    if not (site / '_static' / 'html-manager' / 'embed.js').exists():
+        pytest.skip("the widget manager could not be bundled (no npm, or npm could not reach its registry): "
+                    "the site's widgets would need the CDN, which this offline check cannot load")
+    pages, problems = check_site(page, serve(site), shots=shots)
+    assert pages == ['01_widgets.html', '02_links.html', 'index.html'], pages
+    assert not problems, '\n'.join(problems)
+    # The live widget shows the figure saved when the notebook ran.
+    page.goto(serve(site) + '01_widgets.html', wait_until='networkidle')
+    figure = page.locator('.widget-output img').first
+    figure.wait_for(timeout=20_000)
+    assert page.evaluate('i => i.naturalWidth', figure.element_handle()) > 50
+    page.locator('.widget-vbox').first.screenshot(path=str(shots / 'static-widget.png'))
+
+
+@pytest.mark.browser
+def test_site_check_catches_each_kind_of_fault(site, serve, page, tmp_path):
+    "A copy of the site with faults added, and pages built without the widget manager, must each be reported."
+    import shutil
+    bad = tmp_path / 'bad'; shutil.copytree(site, bad)
+    (bad / 'index.html').write_text((bad / 'index.html').read_text().replace(
+        '</main>', '<a href="missing.html">gone</a> <a href="02_links.html#no-such-anchor">anchor</a>'
+                   '<img src="missing.png"><script>console.error("deliberate")</script></main>'))
+    (bad / '_static' / 'html-manager' / 'embed.js').unlink(missing_ok=True)  # widgets can no longer render
+    pages, problems = check_site(page, serve(bad))
+    text = '\n'.join(problems)
+    for expected in ('missing.html: HTTP 404', 'missing anchor', 'image did not load', 'console error: deliberate',
+                     'widget area 0 is empty', 'embed.js'):
+        assert expected in text, f"{expected!r} not reported; problems were:\n{text}"

@@ -197,3 +197,12 @@ def test_bad_inputs_give_clear_errors():
         A.posterior(torch.tensor([1]), torch.ones(1, 80) / 80, 0.5, 0.5)
     with pytest.raises(ValueError, match='uniform process'):
         masked_diffusion_loss(d, UniformProcess(80), torch.zeros(1, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize('proc', PROCESSES)
+def test_q_sample_matches_the_marginal(proc):
+    P = proc(4, CosineSchedule())
+    x0 = torch.full((1, 40000), 1)
+    xt = P.q_sample(x0, 0.4, torch.Generator().manual_seed(0))
+    freq = torch.bincount(xt.flatten(), minlength=P.n_states).double() / xt.numel()
+    assert torch.allclose(freq, P.marginal(torch.tensor([1]), 0.4)[0], atol=0.01)

@@ -6,7 +6,7 @@ must load with no console error and no failed request, every image must load, ev
 anchor must lead somewhere, and every widget area must show its saved state (offline: the widget
 manager is the site's own copy). A page built with faults proves the checks bite.
 """
-import functools, http.server, json, threading
+import functools, http.server, json, re, threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
@@ -24,7 +24,7 @@ def test_float_execution_total_is_stripped(tmp_path):
     nb = {'cells': [{'cell_type': 'code', 'execution_count': 1, 'outputs': [], 'source': 'x = 1',
                      'metadata': {'execution': {'iopub.status.idle': '2026-01-01T00:00:00Z', 'total': 0.25}}},
                     {'cell_type': 'markdown', 'metadata': {'execution': {'total': 1.5}}, 'source': '# T'}],
-          'metadata': {'execution': {'total': 2.0}}, 'nbformat': 4, 'nbformat_minor': 5}
+          'metadata': {'execution': {'total': 2.0}}, 'nbformat': 4, 'nbformat_minor': 4}
     (tmp_path / 'a.ipynb').write_text(json.dumps(nb))
     got = read_executed_notebook(tmp_path / 'a.ipynb')
     assert got.cells[0].metadata.execution == {'iopub.status.idle': '2026-01-01T00:00:00Z'}
@@ -62,8 +62,9 @@ def test_site_has_a_page_per_notebook_and_an_index(site):
     assert '01_widgets.html' in index and '02_links.html' in index and 'largest = 9' in index
     page = (site / '01_widgets.html').read_text()
     assert 'application/vnd.jupyter.widget-state+json' in page, "the widgets' saved state is missing from the page"
-    if (site / '_static' / 'html-manager' / 'embed.js').exists():  # bundled: no page may reach for a CDN
-        assert '_static/html-manager/embed.js' in page and 'unpkg.com' not in page and 'cdnjs' not in page
+    if (site / '_static' / 'html-manager' / 'embed.js').exists():  # bundled: no page loads a script from the network
+        assert "var widgetRendererSrc = '_static/html-manager/embed.js'" in page
+        assert re.findall(r'src="(https?:[^"]*)"', page) == [], "a page loads a script or image from the network"
 
 
 # --- In the browser ------------------------------------------------------------------------------------------

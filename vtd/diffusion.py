@@ -96,6 +96,13 @@ class AbsorbingProcess(DiscreteProcess):
         Q[:, self.mask_id] = 1 - keep; Q[self.mask_id, self.mask_id] = 1.0
         return Q
 
+    def q_sample(self, x0: torch.Tensor, t, generator=None) -> torch.Tensor:
+        "x_t ~ q(x_t | x_0): each token is masked independently with probability 1 - α(t)."
+        self.check_tokens(x0)
+        a = _expand_like(self.schedule.alpha(check_time(t)).double(), x0)
+        keep = torch.rand(x0.shape, generator=generator, dtype=torch.float64) < a
+        return torch.where(keep, x0, torch.full_like(x0, self.mask_id))
+
     def marginal(self, x0, t) -> torch.Tensor:
         a = _expand_like(self.schedule.alpha(check_time(t)).double(), x0)[..., None]
         p = F.one_hot(x0, self.n_states).double() * a
@@ -124,6 +131,13 @@ class UniformProcess(DiscreteProcess):
         keep = a_t / a_s if a_s > 0 else torch.zeros((), dtype=torch.float64)
         V = self.vocab_size
         return torch.eye(V, dtype=torch.float64) * keep + (1 - keep) / V
+
+    def q_sample(self, x0: torch.Tensor, t, generator=None) -> torch.Tensor:
+        "x_t ~ q(x_t | x_0): each token is redrawn uniformly (possibly as itself) with probability 1 - α(t)."
+        self.check_tokens(x0)
+        a = _expand_like(self.schedule.alpha(check_time(t)).double(), x0)
+        keep = torch.rand(x0.shape, generator=generator, dtype=torch.float64) < a
+        return torch.where(keep, x0, torch.randint(0, self.vocab_size, x0.shape, generator=generator))
 
     def marginal(self, x0, t) -> torch.Tensor:
         a = _expand_like(self.schedule.alpha(check_time(t)).double(), x0)[..., None]
@@ -232,6 +246,7 @@ class PatternDenoiser(nn.Module):
                                                  n_head=n_head, n_embd=n_embd, dropout=dropout, causal=False, time_cond=time_cond,
                                                  n_out=n_cells * colors, tie_weights=False))
         self.net.wte = PatternEmbedding(cell_table, colors, n_embd)  # the same transformer, reading patterns
+        self.score = 'cells'  # or 'vocabulary': p(word) ∝ Π_cells p(cell), renormalised over the V words' patterns
     @property
     def block_size(self): return self.net.cfg.block_size
 
@@ -245,12 +260,20 @@ class PatternDenoiser(nn.Module):
         out = self.net(x_t, t=t if self.net.cfg.time_cond else None).float()
         return F.log_softmax(out.view(*x_t.shape, self.n_cells, self.colors), -1)
 
+    def word_log_probs(self, x_t, t) -> torch.Tensor:
+        "log p(word) `[B, L, V]` with the cells' product renormalised over the vocabulary's patterns."
+        lp = self.cell_log_probs(x_t, t).flatten(-2)                                   # [B, L, G*G*C]
+        onehot = F.one_hot(self.table, self.colors).flatten(1).float()                 # [V, G*G*C]
+        return F.log_softmax(lp @ onehot.T, -1)
+
     def x0_log_prob(self, x_t, t, x0) -> torch.Tensor:
+        if self.score == 'vocabulary': return self.word_log_probs(x_t, t).gather(-1, x0[..., None])[..., 0]
         lp = self.cell_log_probs(x_t, t)
         return lp.gather(-1, self.table[x0][..., None])[..., 0].sum(-1)
 
     def x0_probs(self, x_t, t) -> torch.Tensor:
-        "Cell probabilities `[B, L, G*G, C]` (not word probabilities: most patterns are no word)."
+        "Cell probabilities `[B, L, G*G, C]` (most patterns are no word), or word probabilities with `score='vocabulary'`."
+        if self.score == 'vocabulary': return self.word_log_probs(x_t, t).double().exp()
         return self.cell_log_probs(x_t, t).double().exp()
 
     def decode_cells(self, cells: torch.Tensor):
@@ -349,7 +372,7 @@ def _draw_x0(denoiser, x_t, t, generator, temperature=1.0):
     "One x_0 draw per position: (ids, confidence = probability of the drawn value, exactly-a-word flag)."
     probs = denoiser.x0_probs(x_t, t)
     if temperature != 1.0: probs = probs.pow(1 / temperature); probs = probs / probs.sum(-1, keepdim=True)
-    if isinstance(denoiser, PatternDenoiser):
+    if isinstance(denoiser, PatternDenoiser) and denoiser.score == 'cells':
         cells = categorical(probs, generator)                              # [B, L, G*G] free cell draws
         conf = probs.gather(-1, cells[..., None])[..., 0].log().sum(-1).exp()
         ids, exact = denoiser.decode_cells(cells)

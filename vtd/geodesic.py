@@ -127,7 +127,9 @@ def decoded_segment_lengths(vae, contexts, pos, za, zb, n_steps: int = 8, batch_
             pts = a[:, None] + t[None, :, None] * (b - a)[:, None]                      # [B, T, D]
             grid = _with_position(g.repeat_interleave(T, 0), p.repeat_interleave(T), pts.reshape(len(a) * T, -1))
             x = vae.decode(latents_to_grid(grid)).reshape(len(a), T, -1)
-            out.append((x[:, 1:] - x[:, :-1]).norm(dim=-1).sum(1).cpu())
+            length = (x[:, 1:] - x[:, :-1]).norm(dim=-1).sum(1)
+            # identical endpoints: exactly 0 (batched convolutions can differ by rounding between batch rows)
+            out.append(torch.where((b == a).all(-1), torch.zeros_like(length), length).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 # %% ../nbs/05_geodesic.ipynb
@@ -142,7 +144,8 @@ def jvp_segment_lengths(vae, contexts, pos, za, zb, batch_size: int = 256) -> to
         out.append(jv.norm(dim=-1).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
-def decoder_metric(vae, contexts, pos, z=None, method: str = 'fd', eps: float = 1e-3, batch_size: int = 64) -> torch.Tensor:
+def decoder_metric(vae, contexts, pos, z=None, method: str = 'fd', eps: float = 1e-3, batch_size: int = 64,
+                   progress: bool = False) -> torch.Tensor:
     """Pull-back metric `J^T J` `[N, D, D]` of the decoder with respect to the vector at position `pos` of each
     context grid, evaluated at `z` (default: the context's own vector there). `method='jvp'`: J from D
     forward-mode passes (`torch.func.jvp`), exact; `'fd'`: forward differences with step `eps`, D + 1 decodes."""
@@ -151,7 +154,8 @@ def decoder_metric(vae, contexts, pos, z=None, method: str = 'fd', eps: float = 
     dev = _device(vae); n, P, D = contexts.shape
     z = contexts[torch.arange(n), pos] if z is None else z
     eye = torch.eye(D, device=dev); out = []
-    for i in range(0, n, batch_size):
+    from tqdm.auto import tqdm
+    for i in tqdm(range(0, n, batch_size), desc=f'decoder metric ({method})', disable=not progress, leave=False, mininterval=2):
         g, p, zz = (v[i:i + batch_size].to(dev) for v in (contexts, pos, z))
         nb = len(g)
         g_rep, p_rep, z_rep = g.repeat_interleave(D, 0), p.repeat_interleave(D), zz.repeat_interleave(D, 0)
@@ -175,7 +179,7 @@ def metric_lengths(metric_a: torch.Tensor, metric_b: torch.Tensor, dz: torch.Ten
 
 # %% ../nbs/05_geodesic.ipynb
 def geodesic_edge_lengths(vae, latents: LatentSet, graph, method: str = 'metric', metric: torch.Tensor | None = None,
-                          metric_method: str = 'fd', n_steps: int = 8, batch_size: int = 256) -> sp.csr_matrix:
+                          metric_method: str = 'fd', n_steps: int = 8, batch_size: int = 256, progress: bool = False) -> sp.csr_matrix:
     """Re-weight every edge of `graph` by its length through the decoder. Edge i-j is measured at i's position in
     i's own image and at j's position in j's own image (the other positions fixed) and the two are averaged,
     so the result is symmetric. `method='metric'`: first order, `sqrt(dz^T J^T J dz)` with the metric from
@@ -187,7 +191,7 @@ def geodesic_edge_lengths(vae, latents: LatentSet, graph, method: str = 'metric'
     i, j = torch.as_tensor(G.row, dtype=torch.long), torch.as_tensor(G.col, dtype=torch.long)
     Z = latents.vectors
     if method == 'metric':
-        M = decoder_metric(vae, latents.contexts, latents.position, method=metric_method) if metric is None else metric
+        M = decoder_metric(vae, latents.contexts, latents.position, method=metric_method, progress=progress) if metric is None else metric
         if M.shape != (len(latents), Z.shape[1], Z.shape[1]): raise ValueError(f"metric must be [N, D, D], got {tuple(M.shape)}")
         w = metric_lengths(M[i], M[j], Z[j] - Z[i])
     else:
@@ -225,14 +229,14 @@ def _graph_key(vae, data: ImageData, smoke: bool, seed: int) -> dict:
             'data': data.name or 'unnamed', 'data_fingerprint': data_fingerprint(data.x_train), 'smoke': bool(smoke), 'seed': int(seed)}
 
 def build_geodesic_graph(vae, images: torch.Tensor, n_vectors: int, k_neighbors: int = 10, seed: int = 0,
-                         metric_method: str = 'fd') -> tuple[LatentSet, sp.csr_matrix, dict]:
+                         metric_method: str = 'fd', progress: bool = True) -> tuple[LatentSet, sp.csr_matrix, dict]:
     "Sample `n_vectors` latent vectors (with contexts) from `images`, build the k-NN graph, re-weight it through the decoder. Timed."
     t = {}; t0 = time.perf_counter()
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n_vectors]
     latents = sample_latent_set(grid_latents(vae, images[pick]), n_vectors, seed)
     t['latents'] = time.perf_counter() - t0; t0 = time.perf_counter()
     A = knn_graph(latents.vectors, k_neighbors); t['graph'] = time.perf_counter() - t0; t0 = time.perf_counter()
-    W = geodesic_edge_lengths(vae, latents, A, metric_method=metric_method); t['edge_lengths'] = time.perf_counter() - t0
+    W = geodesic_edge_lengths(vae, latents, A, metric_method=metric_method, progress=progress); t['edge_lengths'] = time.perf_counter() - t0
     info = {'seconds': t, 'n_edges': int(W.nnz // 2), 'largest_component': int(largest_component(W).sum())}
     return latents, W, info
 
@@ -248,7 +252,7 @@ def get_geodesic_graph(vae, data: ImageData, smoke: bool, seed: int = 0, verbose
         except CheckpointError as e:
             if verbose: print(f"cannot use the cached graph ({e}); rebuilding")
     if verbose: print(f"building the geodesic graph ({key['n_vectors']} vectors, k={key['k_neighbors']})")
-    latents, W, info = build_geodesic_graph(vae, data.x_train, key['n_vectors'], key['k_neighbors'], seed)
+    latents, W, info = build_geodesic_graph(vae, data.x_train, key['n_vectors'], key['k_neighbors'], seed, progress=verbose)
     state = {'grids': latents.grids, 'image': latents.image, 'position': latents.position,
              'data': torch.from_numpy(W.data), 'indices': torch.from_numpy(W.indices.astype(np.int64)),
              'indptr': torch.from_numpy(W.indptr.astype(np.int64))}

@@ -21,7 +21,7 @@ __all__ = ['N_POSITIONS', 'TransformerConfig', 'SelfAttention', 'Block', 'timest
            'images_with_bad_codes', 'check_codes', 'CodeGrids', 'uniform_bits', 'IndependentPositions',
            'fit_independent', 'CodePrior', 'train_prior', 'codebook_signature', 'save_prior', 'load_prior',
            'ImageClassifier', 'classifier_accuracy', 'train_image_classifier', 'classifier_features',
-           'frechet_distance']
+           'frechet_distance', 'grid_diversity']
 
 # %% ../nbs/06_prior.ipynb
 @dataclass
@@ -443,3 +443,10 @@ def frechet_distance(feats_a, feats_b) -> float:
     sqrt_a = (V * np.sqrt(w.clip(min=0))) @ V.T
     cross = np.sqrt(np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clip(min=0)).sum()  # tr (S_a^1/2 S_b S_a^1/2)^1/2
     return float(((mu_a - mu_b)**2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+
+# %% ../nbs/06_prior.ipynb
+def grid_diversity(codes: torch.Tensor, train_codes: torch.Tensor) -> dict:
+    "Share of unique grids among `codes` `[N, 16]`, and share of `codes` that exactly copy a grid of `train_codes`."
+    rows = [tuple(r) for r in torch.as_tensor(codes).tolist()]
+    seen = {tuple(r) for r in torch.as_tensor(train_codes).tolist()}
+    return {'unique_share': len(set(rows)) / max(len(rows), 1), 'copy_share': sum(r in seen for r in rows) / max(len(rows), 1)}

@@ -104,7 +104,7 @@ class SpatialVAE(nn.Module):
         return dict(x_recon=self.decode(z), mu=mu, logvar=logvar, z=z)
 
 # %% ../nbs/04_spatial_vae.ipynb
-def vae_loss(model: SpatialVAE, x: torch.Tensor, beta: float = 0.005) -> tuple[torch.Tensor, dict]:
+def vae_loss(model: SpatialVAE, x: torch.Tensor, beta: float = 0.002) -> tuple[torch.Tensor, dict]:
     "Per-image mean of (sum of squared pixel errors + `beta` * KL to N(0, I)); returns `(loss, parts)`."
     out = model(x)
     sse = ((out['x_recon'] - x) ** 2).flatten(1).sum(1).mean()
@@ -116,9 +116,9 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu ** 2 + logvar.exp() - 1.0 - logvar)
 
 # %% ../nbs/04_spatial_vae.ipynb
-TRAIN_SETTINGS = {  # smoke: a few thousand images, two quick epochs; full: all of the training set
-    'smoke': dict(n_train=5000, n_valid=500, epochs=2, batch_size=128, lr=2e-3, beta=0.005),
-    'full': dict(n_train=58000, n_valid=2000, epochs=4, batch_size=128, lr=2e-3, beta=0.005),
+TRAIN_SETTINGS = {  # smoke: a few thousand images, two quick epochs (more on a tiny set); full: all of the training set
+    'smoke': dict(n_train=3000, n_valid=500, epochs=2, batch_size=64, lr=2e-3, beta=0.002, min_steps=90),
+    'full': dict(n_train=58000, n_valid=2000, epochs=5, batch_size=64, lr=2e-3, beta=0.002),
 }
 CACHE_VERSION = 1
 
@@ -149,12 +149,14 @@ def train_spatial_vae(data: ImageData, smoke: bool, seed: int = 0, progress: boo
     g = seed_everything(seed)
     model = SpatialVAE(in_size=data.x_train.shape[-1], in_channels=data.x_train.shape[1])
     batches = lambda: (x_train[i] for i in torch.randperm(len(x_train), generator=g).split(ts['batch_size']))
-    steps = ts['epochs'] * math.ceil(len(x_train) / ts['batch_size'])
+    per_epoch = math.ceil(len(x_train) / ts['batch_size'])
+    epochs = max(ts['epochs'], math.ceil(ts.get('min_steps', 0) / per_epoch))  # small data sets get more passes
+    steps = epochs * per_epoch
     opt = torch.optim.Adam(model.parameters(), lr=ts['lr'])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=ts['lr'], total_steps=steps, pct_start=0.15)
     def valid_fn(m):  # lower is better: minus the per-image PSNR of the held-out images
         return -psnr(reconstruct(m, x_valid), x_valid)
-    hist = fit(model, lambda m, x: vae_loss(m, x, ts['beta']), batches, epochs=ts['epochs'], opt=opt,
+    hist = fit(model, lambda m, x: vae_loss(m, x, ts['beta']), batches, epochs=epochs, opt=opt,
                scheduler=sched, valid_fn=valid_fn, progress=progress, desc='SpatialVAE')
     return model.eval(), hist
 

@@ -345,7 +345,7 @@ def fit_patterns(codec: _TrainablePatterns, steps: int = 1000, batch_size: int =
                  tau: tuple = (2.0, 0.3), decoder_steps: int | None = None, eval_every: int = 50,
                  token_weights: torch.Tensor | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Train `codec` over its vocabulary; returns the history (`step`, `acc`, `phase`, `time`), `steps_to_100`
-    (None if never reached), `final_acc`, `seconds` and the `freeze` collision report."""
+    (None if never reached), `final_acc`, `seconds` (wall), `cpu_seconds` and the `freeze` collision report."""
     from tqdm.auto import tqdm
     if steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
     g = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
@@ -358,7 +358,7 @@ def fit_patterns(codec: _TrainablePatterns, steps: int = 1000, batch_size: int =
         sample = lambda: torch.multinomial(w, batch_size, replacement=True, generator=g)
     probe = torch.randperm(V, generator=g)[:2048]
     hist = {'step': [], 'acc': [], 'phase': [], 'time': [], 'steps_to_100': None}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     def log(step, phase):
         codec.eval(); acc = codec.accuracy(probe)
         if acc == 1.0: acc = codec.accuracy()
@@ -386,7 +386,8 @@ def fit_patterns(codec: _TrainablePatterns, steps: int = 1000, batch_size: int =
         if (s + 1) % eval_every == 0 and log(done + s + 1, 'decoder') == 1.0:
             hist['steps_to_100'] = done + s + 1; break
     codec.eval()
-    hist['final_acc'] = codec.accuracy(); hist['seconds'] = time.perf_counter() - t0
+    hist['final_acc'] = codec.accuracy()
+    hist['seconds'], hist['cpu_seconds'] = time.perf_counter() - t0, time.process_time() - c0   # wall clock, and CPU time of all threads
     return hist
 
 # %% ../nbs/07_visual_tokens.ipynb

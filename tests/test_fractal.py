@@ -1,0 +1,150 @@
+"""vtd.fractal: the IFS renderers, the seed's random decoder, the straight-through quantizer, the decoders' shapes and errors."""
+import pytest
+import torch
+
+from vtd.fractal import (FractalTokenizer, PatchMLPDecoderVQ, SpatialConvVQ, affine_maps, assemble_patches,
+                         ifs_hits, kmeans_reconstruct, perceptual_loss_status, render_ifs, render_ifs_soft,
+                         vector_quantize)
+
+
+def _maps(n=3, m=4, seed=0):
+    return affine_maps(torch.randn(n, m, 6, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_affine_maps_are_contractive():
+    maps = affine_maps(torch.randn(50, 4, 6) * 10)
+    assert maps.shape == (50, 4, 2, 3)
+    assert (torch.linalg.matrix_norm(maps[..., :2], ord=2) <= 0.9 + 1e-5).all()
+
+
+def test_render_ifs_shape_range_and_no_nan():
+    out = render_ifs(_maps(), size=8, n_points=500, n_steps=10, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 1, 8, 8)
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    assert torch.allclose(out.flatten(1).max(1).values, torch.ones(3))  # divided by its maximum
+    hits = ifs_hits(_maps(), size=8, n_points=500, n_steps=10, generator=torch.Generator().manual_seed(0))
+    assert hits.shape == (3, 8, 8) and hits.sum() <= 3 * 500 * 10 and hits.sum() > 0
+
+
+def test_render_ifs_is_seeded():
+    a = render_ifs(_maps(), n_steps=5, generator=torch.Generator().manual_seed(1))
+    b = render_ifs(_maps(), n_steps=5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_soft_render_shapes_range_and_gradients():
+    raw = torch.randn(2, 3, 6, requires_grad=True)
+    colors = torch.rand(2, 3, 3, requires_grad=True)
+    out = render_ifs_soft(affine_maps(raw), colors, size=8, n_points=100, n_steps=5, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    out.mean().backward()
+    assert raw.grad is not None and raw.grad.abs().sum() > 0 and colors.grad.abs().sum() > 0
+    gray = render_ifs_soft(_maps(), size=8, n_points=100, n_steps=5)
+    assert gray.shape == (3, 1, 8, 8)
+
+
+def test_hard_render_gives_the_maps_no_gradient():
+    tok = FractalTokenizer(n_steps=3, n_points=50)
+    x = torch.rand(4, 3, 8, 8)
+    loss, parts = tok.render_loss(x)
+    loss.backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in tok.generator.parameters())
+    assert set(parts) == {'recon', 'codebook', 'commit'}
+
+
+def test_random_decoder_ignores_its_token():
+    tok = FractalTokenizer()
+    a = tok.decode_random(torch.tensor([0, 1, 2]), generator=torch.Generator().manual_seed(0))
+    b = tok.decode_random(torch.tensor([511, 300, 7]), generator=torch.Generator().manual_seed(0))
+    assert a.shape == (3, 3, 8, 8) and torch.equal(a, b)
+
+
+def test_straight_through_estimator_gradients():
+    torch.manual_seed(0)
+    z = torch.randn(6, 4, requires_grad=True)
+    codebook = torch.randn(10, 4, requires_grad=True)
+    z_q, ids, cb_loss, cm_loss = vector_quantize(z, codebook, beta=0.25)
+    assert torch.allclose(z_q, codebook[ids])                       # forward: the codes' values
+    w = torch.randn(6, 4)
+    (z_q * w).sum().backward(retain_graph=True)
+    assert torch.allclose(z.grad, w)                               # backward: identity to the encoder
+    assert codebook.grad is None or codebook.grad.abs().sum() == 0  # ... and nothing to the codebook
+    z.grad = None
+    cb_loss.backward(retain_graph=True)
+    assert z.grad is None or z.grad.abs().sum() == 0                # codebook loss moves only the codebook
+    used = ids.unique()
+    expected = torch.zeros(10, 4)
+    for i in range(6): expected[ids[i]] += 2 * (codebook[ids[i]] - z[i]).detach() / z.numel()
+    assert torch.allclose(codebook.grad, expected, atol=1e-6)      # on the hard codes, only used rows
+    assert (codebook.grad[[i for i in range(10) if i not in used.tolist()]] == 0).all()
+    codebook.grad = None
+    cm_loss.backward()
+    assert codebook.grad is None or codebook.grad.abs().sum() == 0  # commitment moves only the encoder
+    assert torch.allclose(z.grad, 0.25 * 2 * (z - codebook[ids]).detach() / z.numel(), atol=1e-6)
+
+
+def test_decoder_output_shapes():
+    mlp = PatchMLPDecoderVQ(num_tokens=16)
+    x = torch.rand(5, 3, 8, 8)
+    recon, ids, cb, cm = mlp(x)
+    assert recon.shape == x.shape and ids.shape == (5,) and mlp.decode(ids).shape == (5, 3, 8, 8)
+    assert abs(mlp.bits_per_pixel - 4 / 64) < 1e-12
+    loss, parts = mlp.loss(x); loss.backward()
+    for stride in (4, 8):
+        sp = SpatialConvVQ(stride=stride, num_tokens=16, width=8, n_res=1)
+        imgs = torch.rand(2, 3, 32, 32)
+        grid = sp.encode(imgs)
+        assert grid.shape == (2, 32 // stride, 32 // stride)
+        out = sp.decode(grid)
+        assert out.shape == imgs.shape and out.min() >= 0 and out.max() <= 1
+        loss, _ = sp.loss(imgs); loss.backward()
+
+
+def test_spatial_model_starts_as_kmeans_on_blocks():
+    torch.manual_seed(0)
+    sp = SpatialConvVQ(stride=4, num_tokens=8, width=8, n_res=1)
+    imgs = torch.rand(4, 3, 16, 16)
+    sp.init_codebook(imgs, max_iter=5)
+    class KM:  # the spatial model's own codebook, viewed as a k-means model on 4x4 blocks
+        cluster_centers_ = (sp.codebook.detach().view(8, 3, 4, 4) + 0.5).flatten(1).numpy()
+        def predict(self, x): return torch.cdist(torch.tensor(x) - 0.5, sp.codebook.detach()).argmin(1).numpy()
+    with torch.no_grad():
+        assert torch.allclose(sp.decode(sp.encode(imgs)), kmeans_reconstruct(KM(), imgs).clamp(0, 1), atol=1e-5)
+
+
+def test_assemble_patches_inverts_photo_patches():
+    from vtd.data import photo_patches
+    imgs = torch.rand(2, 3, 16, 24)
+    assert torch.equal(assemble_patches(photo_patches(8, imgs), 2, 3), imgs)
+    with pytest.raises(ValueError, match='grids'): assemble_patches(torch.rand(5, 3, 8, 8), 2, 2)
+
+
+def test_bad_inputs_are_named():
+    tok = FractalTokenizer()
+    with pytest.raises(ValueError, match=r'\[N, M, 2, 3\]'): render_ifs(torch.rand(3, 4, 6))
+    with pytest.raises(ValueError, match='NaN'): render_ifs(torch.full((1, 2, 2, 3), float('nan')))
+    with pytest.raises(TypeError, match='floating'): render_ifs(torch.zeros(1, 2, 2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match='n_steps'): render_ifs(_maps(), n_steps=0)
+    with pytest.raises(ValueError, match=r'in \[0, 512\)'): tok.decode_random(torch.tensor([0, 512]))
+    with pytest.raises(TypeError, match='integer'): tok.render(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match=r'\[N, 3, 8, 8\]'): tok.encode(torch.rand(2, 3, 16, 16))
+    with pytest.raises(ValueError, match='NaN'): tok.encode(torch.full((2, 3, 8, 8), float('nan')))
+    mlp = PatchMLPDecoderVQ(num_tokens=16)
+    with pytest.raises(ValueError, match=r'in \[0, 16\)'): mlp.decode(torch.tensor([-1]))
+    with pytest.raises(ValueError, match='multiple of the stride'): SpatialConvVQ(stride=4).encode(torch.rand(1, 3, 30, 32))
+    with pytest.raises(ValueError, match='z \\[M, D\\]'): vector_quantize(torch.rand(3, 4), torch.rand(5, 3))
+    with pytest.raises(ValueError, match='colors'): render_ifs_soft(_maps(2, 3), torch.rand(2, 4, 3))
+
+
+def test_perceptual_loss_status_says_why():
+    ok, why = perceptual_loss_status()
+    assert isinstance(ok, bool) and (ok or why.startswith('unavailable here because'))
+
+
+def test_coverage_counts_match_the_hit_buffer():
+    from vtd.fractal import ifs_coverage
+    maps = _maps(4, 3)
+    cov = ifs_coverage(maps, 16, [2, 7], n_points=100, generator=torch.Generator().manual_seed(3))
+    for steps, frac in zip([2, 7], cov):
+        hits = ifs_hits(maps, 16, n_points=100, n_steps=steps, generator=torch.Generator().manual_seed(3))
+        assert abs(frac - (hits == 0).float().mean().item()) < 1e-6

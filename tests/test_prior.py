@@ -1,0 +1,182 @@
+"""vtd.prior: causal masking, the key/value cache, the code-grid boundary, prior checkpoints and their
+errors, sampling reproducibility, and the generation metrics."""
+import numpy as np
+import pytest
+import torch
+
+from vtd.core import CheckpointError, save_checkpoint
+from vtd.prior import (CodeGrids, CodePrior, CodeRangeError, IndependentPositions, ImageClassifier, Transformer,
+                       TransformerConfig, check_codes, classifier_features, codebook_signature, fit_independent,
+                       frechet_distance, grid_diversity, images_with_bad_codes, load_prior, save_prior,
+                       uniform_bits)
+
+
+class FakeCodebook:
+    "What the prior needs of a codebook: K, kind and a hash of its vectors."
+    def __init__(self, K, kind='euclidean', seed=0):
+        self.vectors = torch.randn(K, 4, generator=torch.Generator().manual_seed(seed)); self.kind = kind
+    @property
+    def K(self): return len(self.vectors)
+    def hash(self):
+        import hashlib
+        return hashlib.sha256(self.vectors.numpy().tobytes()).hexdigest()
+
+
+def small_prior(K=12, n_classes=3, seed=0):
+    torch.manual_seed(seed)
+    return CodePrior(K, n_classes=n_classes, n_layer=2, n_head=2, n_embd=16, dropout=0.0).eval()
+
+
+@pytest.mark.parametrize('i', [0, 5, 15])
+def test_causal_mask_change_at_i_never_moves_earlier_logits(i):
+    torch.manual_seed(0)
+    gpt = Transformer(TransformerConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    x = torch.randint(0, 30, (3, 16)); x2 = x.clone(); x2[:, i] = (x2[:, i] + 1) % 30
+    with torch.no_grad(): a, b = gpt(x), gpt(x2)
+    assert torch.allclose(a[:, :i], b[:, :i], atol=1e-6)
+    assert not torch.allclose(a[:, i:], b[:, i:])
+
+
+def test_bidirectional_switch_sees_the_future():
+    torch.manual_seed(0)
+    bi = Transformer(TransformerConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=32, causal=False,
+                                       n_out=29, time_cond=True)).eval()
+    x = torch.randint(0, 30, (2, 16)); x2 = x.clone(); x2[:, 9] = (x2[:, 9] + 1) % 30
+    with torch.no_grad(): a, b = bi(x, t=torch.rand(2)), bi(x2, t=torch.rand(2))
+    assert a.shape == (2, 16, 29) and not torch.allclose(a[:, :9], b[:, :9])
+
+
+def test_prior_causal_code_change_never_moves_earlier_logits():
+    prior = small_prior()
+    codes = torch.randint(0, 12, (4, 16)); codes2 = codes.clone(); codes2[:, 7] = (codes2[:, 7] + 1) % 12
+    with torch.no_grad(): a, b = prior.logits(codes, 1), prior.logits(codes2, 1)
+    # logits at position j predict code j from codes < j: code 7 first shows in the logits at position 8
+    assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6) and not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+def test_kv_cache_gives_the_same_logits():
+    torch.manual_seed(1)
+    gpt = Transformer(TransformerConfig(vocab_size=20, block_size=16, n_layer=3, n_head=4, n_embd=32)).eval()
+    x = torch.randint(0, 20, (2, 16))
+    with torch.no_grad():
+        full = gpt(x); cache = gpt.new_cache()
+        steps = torch.cat([gpt(x[:, i:i + 1], cache=cache, pos_offset=i) for i in range(16)], 1)
+        cache2 = gpt.new_cache()  # a prefix in one go, then one token at a time
+        mixed = torch.cat([gpt(x[:, :5], cache=cache2), *[gpt(x[:, i:i + 1], cache=cache2, pos_offset=i) for i in range(5, 16)]], 1)
+    assert torch.allclose(steps, full, atol=1e-5) and torch.allclose(mixed, full, atol=1e-5)
+
+
+def test_kv_cache_sampling_matches_uncached_sampling():
+    prior = small_prior()
+    a = prior.sample(50, 2, generator=torch.Generator().manual_seed(3), use_cache=True)
+    b = prior.sample(50, 2, generator=torch.Generator().manual_seed(3), use_cache=False)
+    assert (a == b).float().mean() > 0.95
+
+
+def test_sampling_is_reproducible_and_respects_options():
+    prior = small_prior()
+    a = prior.sample(40, torch.arange(40) % 3, generator=torch.Generator().manual_seed(0), batch_size=16)
+    b = prior.sample(40, torch.arange(40) % 3, generator=torch.Generator().manual_seed(0), batch_size=16)
+    assert torch.equal(a, b) and a.shape == (40, 16) and a.dtype == torch.long and a.min() >= 0 and a.max() < 12
+    top1 = prior.sample(5, 0, top_k=1, generator=torch.Generator().manual_seed(1))
+    assert (top1 == top1[0]).all()  # top-1 is greedy: every sample the same
+    with pytest.raises(ValueError, match='temperature'): prior.sample(2, temperature=0)
+    with pytest.raises(ValueError, match='class labels'): prior.sample(2, class_label=3)
+    with pytest.raises(ValueError, match='unconditional'): CodePrior(8, n_classes=0, n_layer=1, n_head=1, n_embd=8).sample(2, class_label=0)
+
+
+def test_log_prob_is_in_bits_and_normalised():
+    prior = small_prior(K=3, n_classes=0)
+    # all 3^16 grids are too many; check the first position's distribution sums to one and bits are <= 0
+    lp = prior.log_prob(torch.randint(0, 3, (10, 16)))
+    assert lp.shape == (10,) and (lp < 0).all()
+    logits = prior.logits(torch.zeros(1, 16, dtype=torch.long))
+    assert torch.allclose(logits.softmax(-1).sum(-1), torch.ones(1, 16))
+    fresh = CodePrior(16, n_layer=1, n_head=1, n_embd=8)
+    with torch.no_grad(): fresh.net.wte.weight.zero_()  # all logits 0: exactly uniform, 16 * 4 bits
+    assert torch.allclose(-fresh.log_prob(torch.randint(0, 16, (5, 16))), torch.full((5,), uniform_bits(16)))
+
+
+def test_code_grid_boundary_names_the_offending_images():
+    codes = torch.randint(0, 10, (50, 16)); codes[7, 3] = -1; codes[31, 15] = 10
+    assert images_with_bad_codes(codes, 10).tolist() == [7, 31]
+    with pytest.raises(CodeRangeError, match=r'2 of 50 images .*\[7, 31\]'): CodeGrids(codes, None, 10)
+    with pytest.raises(CodeRangeError, match='integers'): check_codes(codes.float(), 10)
+    with pytest.raises(CodeRangeError, match='shape'): check_codes(torch.zeros(3, 15, dtype=torch.long), 10)
+    with pytest.raises(CodeRangeError, match='labels'): CodeGrids(torch.zeros(4, 16, dtype=torch.long), torch.zeros(3), 10)
+    ok = CodeGrids(torch.zeros(4, 4, 4, dtype=torch.int32), None, 10)  # [N, 4, 4] grids are flattened row-major
+    assert ok.codes.shape == (4, 16) and ok.codes.dtype == torch.long
+    with pytest.raises(IndexError, match='outside the vocabulary'):  # the transformer's own guard, below the boundary
+        small_prior().net(torch.full((1, 4), 99))
+    with pytest.raises(CodeRangeError): small_prior().log_prob(codes)
+
+
+def test_independent_positions_baseline():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.stack([torch.randint(0, 2, (2000,), generator=g) for _ in range(16)], 1)  # each position uses codes 0-1 of 8
+    tr, va = CodeGrids(codes[:1500], None, 8), CodeGrids(codes[1500:], None, 8)
+    m = fit_independent(tr, va)
+    bits = -m.log_prob(va.codes).mean().item()
+    assert 15 < bits < 17 < uniform_bits(8) == 48  # ~1 bit per position
+    s = m.sample(100, generator=torch.Generator().manual_seed(1))
+    assert s.shape == (100, 16) and s.max() < 8
+    with pytest.raises(ValueError): IndependentPositions(8, alpha=0)
+
+
+def test_prior_checkpoint_round_trip_and_mismatches(tmp_path):
+    prior = small_prior(K=12)
+    cb, other_kind, other_vectors = FakeCodebook(12), FakeCodebook(12, 'geodesic', seed=1), FakeCodebook(12, seed=2)
+    p = save_prior(tmp_path / 'p.pt', prior, cb)
+    loaded = load_prior(p, cb, expected_config=prior.config)
+    a = prior.sample(20, 1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, loaded.sample(20, 1, generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(CheckpointError, match=r"kind: checkpoint has 'euclidean', codebook here has 'geodesic'"):
+        load_prior(p, other_kind)
+    with pytest.raises(CheckpointError, match='hash'): load_prior(p, other_vectors)
+    with pytest.raises(CheckpointError, match='K: checkpoint has 12'): load_prior(p, FakeCodebook(16))
+    with pytest.raises(CheckpointError, match='n_embd'): load_prior(p, cb, expected_config={**prior.config, 'n_embd': 32})
+    with pytest.raises(ValueError, match='K=12'): save_prior(tmp_path / 'q.pt', prior, FakeCodebook(16))
+    save_checkpoint(tmp_path / 'plain.pt', prior, prior.config, kind='code_prior')  # no codebook signature
+    with pytest.raises(CheckpointError, match='no codebook signature'): load_prior(tmp_path / 'plain.pt', cb)
+    with pytest.raises(CheckpointError, match="'code_prior'"):
+        save_checkpoint(tmp_path / 'other.pt', prior, prior.config, kind='spatial_vae'); load_prior(tmp_path / 'other.pt', cb)
+
+
+class Pickled:
+    pass
+
+
+def test_prior_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    torch.save({'format': 1, 'kind': 'code_prior', 'config': {}, 'state_dict': {}, 'extra': {'x': Pickled()}}, tmp_path / 'x.pt')
+    with pytest.raises(CheckpointError, match='pickled'): load_prior(tmp_path / 'x.pt', FakeCodebook(12))
+
+
+def test_codebook_signature():
+    sig = codebook_signature(FakeCodebook(12))
+    assert sig['K'] == 12 and sig['kind'] == 'euclidean' and len(sig['hash']) == 64
+
+
+def test_frechet_distance_matches_closed_form_and_rejects_bad_input():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3)); b = rng.normal(size=(4000, 3)) * 2 + 1
+    # N(0, I) vs N(1, 4I): |mu|^2 = 3, trace term 3 * (1 + 4 - 2 * 2) = 3
+    assert abs(frechet_distance(a, b) - 6.0) < 0.3
+    assert abs(frechet_distance(a, a)) < 1e-8
+    import scipy.linalg
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = ((a.mean(0) - b.mean(0))**2).sum() + np.trace(ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real)
+    assert abs(frechet_distance(a, b) - ref) < 1e-6
+    with pytest.raises(ValueError, match='same F'): frechet_distance(a, b[:, :2])
+    with pytest.raises(ValueError, match='at least 2'): frechet_distance(a[:1], b)
+    bad = a.copy(); bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match='NaN'): frechet_distance(bad, b)
+
+
+def test_classifier_features_and_diversity():
+    clf = ImageClassifier(n_classes=10).eval()
+    f = classifier_features(clf, torch.rand(5, 1, 28, 28))
+    assert f.shape == (5, clf.config['n_features'])
+    with pytest.raises(ValueError, match=r'\[N, C, H, W\]'): classifier_features(clf, torch.rand(5, 28, 28))
+    train = torch.tensor([[1] * 16, [2] * 16])
+    d = grid_diversity(torch.tensor([[1] * 16, [1] * 16, [3] * 16, [4] * 16]), train)
+    assert d == {'unique_share': 0.75, 'copy_share': 0.5}

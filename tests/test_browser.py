@@ -5,7 +5,11 @@ For every lesson notebook that builds a widget with `vtd.core.live_widget`, this
 smoke mode) in JupyterLab, runs all cells, moves each control (slider, dropdown, text box, button) and
 checks that the output it drives is redrawn and changes, with no traceback anywhere in the page.
 Screenshots before and after go to test-results/. The helper notebooks in tests/browser/ prove the
-checks bite: a raising callback and a stale display must both be reported.
+checks bite: a raising callback and a stale display must both be reported, and so must lesson 00_core
+with its demo callback broken.
+
+`pytest -m browser tests` runs these; `-k 03_vq` picks one lesson. VTD_BROWSER_DEBUG=1 prints progress,
+VTD_BROWSER_RUN_TIMEOUT / VTD_BROWSER_REDRAW_TIMEOUT (seconds) bound a notebook's run and one redraw.
 """
 import json, os, re, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
@@ -317,3 +321,18 @@ def test_a_stale_display_fails_the_suite(lab, page, shots):
     n_widgets, moved, problems = check_notebook(page, lab, HELPERS / 'stale_widget.ipynb', shots, redraw_timeout=10)
     assert n_widgets == 1 and moved == 1
     assert problems and 'stale' in problems[0], problems
+
+
+def test_breaking_a_lesson_callback_fails_the_suite(lab, page, shots, tmp_path):
+    "The real lesson 00_core with its demo widget's callback broken: the lesson check reports it."
+    nb = json.loads((REPO / 'nbs' / '00_core.ipynb').read_text())
+    cell = next((c for c in nb['cells'] if c['cell_type'] == 'code' and 'def _demo(' in ''.join(c['source'])), None)
+    assert cell is not None, "00_core no longer defines its demo widget's callback `_demo`: update this test"
+    lines = ''.join(cell['source']).splitlines()
+    i = next(k for k, l in enumerate(lines) if l.startswith('def _demo('))
+    lines.insert(i + 1, "    if n != 4: raise RuntimeError('deliberately broken callback')")
+    cell['source'] = '\n'.join(lines)
+    broken = tmp_path / '00_core_broken.ipynb'; broken.write_text(json.dumps(nb))
+    n_widgets, moved, problems = check_notebook(page, lab, broken, shots, redraw_timeout=60)
+    assert n_widgets >= 1 and moved >= 1
+    assert any('deliberately broken callback' in p for p in problems), problems

@@ -206,3 +206,20 @@ def test_q_sample_matches_the_marginal(proc):
     xt = P.q_sample(x0, 0.4, torch.Generator().manual_seed(0))
     freq = torch.bincount(xt.flatten(), minlength=P.n_states).double() / xt.numel()
     assert torch.allclose(freq, P.marginal(torch.tensor([1]), 0.4)[0], atol=0.01)
+
+
+def test_pattern_vocabulary_score_is_a_distribution_over_words_and_tighter_than_free_cells():
+    torch.manual_seed(0)
+    V, L = 90, 5
+    table = torch.randint(0, 3, (V, 25))
+    pd = PatternDenoiser(table, 3, L, n_layer=1, n_head=2, n_embd=32).eval()
+    x0 = torch.randint(0, V, (3, L)); xt = torch.full_like(x0, V); t = torch.ones(3)
+    with torch.no_grad():
+        assert torch.allclose(pd.word_log_probs(xt, t).exp().sum(-1), torch.ones(3, L), atol=1e-5)
+        cells = pd.x0_log_prob(xt, t, x0)
+        pd.score = 'vocabulary'; words = pd.x0_log_prob(xt, t, x0)
+        pd.score = 'both'; both = pd.x0_log_prob(xt, t, x0)
+    assert (words >= cells - 1e-5).all() and torch.allclose(both, words + cells, atol=1e-4)
+    pd.score = 'nonsense'
+    with pytest.raises(ValueError, match='score'):
+        pd.x0_log_prob(xt, t, x0)

@@ -42,6 +42,19 @@ def test_build_site_refuses_an_empty_folder_and_a_bad_option(tmp_path):
     with pytest.raises(ValueError, match='widgets must be'): build_site(tmp_path, tmp_path / 'site', widgets='maybe')
 
 
+def test_without_npm_or_network_the_site_says_its_widgets_cannot_render(tmp_path, monkeypatch, capsys):
+    import vtd.core
+    nb = {'cells': [{'cell_type': 'markdown', 'metadata': {}, 'source': '# T\n\n> d'}], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 4}
+    (tmp_path / 'run').mkdir(); (tmp_path / 'run' / '01_t.ipynb').write_text(json.dumps(nb))
+    monkeypatch.setenv('PATH', str(tmp_path))  # no npm on it
+    monkeypatch.setattr(vtd.core, '_online', lambda *a, **k: False)
+    info = build_site(tmp_path / 'run', tmp_path / 'site', cache_dir=tmp_path / 'cache')
+    assert info['widgets'] == 'none' and 'NOT available' in info['widgets_note']
+    assert 'npm is not installed' in capsys.readouterr().err
+    assert 'NOT available' in (tmp_path / 'site' / 'index.html').read_text()
+    with pytest.raises(RuntimeError, match='npm'): build_site(tmp_path / 'run', tmp_path / 'site', widgets='local', cache_dir=tmp_path / 'cache')
+
+
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
     "The stand-in lessons run by `vtd-tour --site` (kernels with the inline backend, as a reader's)."

@@ -427,7 +427,9 @@ def html_manager_js(cache_dir: str | Path | None = None, npm: str | None = None)
             else: tf.extractall(tmp, members=[m for m in tf.getmembers() if m.isfile() or m.isdir()])
         if not (Path(tmp) / 'package' / 'dist' / 'embed.js').exists():
             print(f"html_manager_js: {tgz[0].name} has no package/dist/embed.js", file=sys.stderr); return None
-        if not js.exists(): os.replace(Path(tmp) / 'package', cache / 'package')  # whole folder, in one step
+        if not js.exists():
+            if (cache / 'package').exists(): shutil.rmtree(cache / 'package')  # a partial copy from an interrupted fetch
+            os.replace(Path(tmp) / 'package', cache / 'package')  # the whole folder in one step
     return js
 
 def _online(host: str = 'cdn.jsdelivr.net', port: int = 443, timeout: float = 3.0) -> bool:

@@ -267,9 +267,14 @@ class PatternDenoiser(nn.Module):
         return F.log_softmax(lp @ onehot.T, -1)
 
     def x0_log_prob(self, x_t, t, x0) -> torch.Tensor:
-        if self.score == 'vocabulary': return self.word_log_probs(x_t, t).gather(-1, x0[..., None])[..., 0]
+        "log p(x_0 | x_t) per position under `self.score`; 'both' (for training) is the sum of the two."
+        if self.score not in ('cells', 'vocabulary', 'both'): raise ValueError(f"score must be 'cells', 'vocabulary' or 'both', got {self.score!r}")
         lp = self.cell_log_probs(x_t, t)
-        return lp.gather(-1, self.table[x0][..., None])[..., 0].sum(-1)
+        cells = lp.gather(-1, self.table[x0][..., None])[..., 0].sum(-1)
+        if self.score == 'cells': return cells
+        onehot = F.one_hot(self.table, self.colors).flatten(1).float()
+        words = F.log_softmax(lp.flatten(-2) @ onehot.T, -1).gather(-1, x0[..., None])[..., 0]
+        return words if self.score == 'vocabulary' else words + cells
 
     def x0_probs(self, x_t, t) -> torch.Tensor:
         "Cell probabilities `[B, L, G*G, C]` (most patterns are no word), or word probabilities with `score='vocabulary'`."

@@ -454,7 +454,8 @@ def get_codebook(vae, data: ImageData, K: int, kind: str, smoke: bool, seed: int
 def finetune_decoder(vae, codebook: Codebook, images: torch.Tensor, epochs: int = 2, lr: float = 5e-4,
                      batch_size: int = 128, n_valid: int = 500, seed: int = 0, progress: bool = True):
     """A copy of `vae` whose decoder is fine-tuned to reconstruct `images` from their quantized code grids (sum of
-    squared pixel errors per image). The encoder and codebook are unchanged, so codes stay the same."""
+    squared pixel errors per image). The encoder and codebook are unchanged, so codes stay the same. The weights
+    kept are the best on `n_valid` held-out images, the unchanged decoder included; `.finetune` records the scores."""
     _check_images(images)
     g = seed_everything(seed)
     codes = codes_for_images(vae, codebook, images)
@@ -468,5 +469,10 @@ def finetune_decoder(vae, codebook: Codebook, images: torch.Tensor, epochs: int 
     batches = lambda: ((c_tr[i], x_tr[i]) for i in torch.randperm(len(c_tr), generator=g).split(batch_size))
     valid = lambda m: -psnr(decode_codes(m, codebook, c_va), x_va)
     opt = torch.optim.Adam(params, lr=lr)
+    with torch.no_grad(): before = valid(tuned.eval())
+    start = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
     tuned.history = fit(tuned, loss_fn, batches, epochs=epochs, opt=opt, valid_fn=valid, progress=progress, desc=f'fine-tune ({codebook.kind})')
+    after = min(tuned.history['valid'])
+    if after > before: tuned.load_state_dict(start)   # no epoch beat the decoder we started from: keep it
+    tuned.finetune = {'valid_psnr_before': -before, 'valid_psnr_after': -min(after, before), 'kept_original': after > before}
     return tuned.eval()

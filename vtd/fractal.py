@@ -13,8 +13,8 @@ from torch import nn
 import torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['assemble_patches', 'patch_mean', 'affine_maps', 'ifs_hits', 'render_ifs', 'vector_quantize', 'patch_encoder',
-           'FractalTokenizer', 'render_ifs_soft', 'best_random_ifs', 'optimise_ifs', 'kmeans_codebook',
+__all__ = ['assemble_patches', 'patch_mean', 'affine_maps', 'ifs_hits', 'ifs_coverage', 'render_ifs', 'vector_quantize',
+           'patch_encoder', 'FractalTokenizer', 'render_ifs_soft', 'best_random_ifs', 'optimise_ifs', 'kmeans_codebook',
            'revive_dead_codes', 'PatchMLPDecoderVQ', 'GridRefiner', 'SpatialConvVQ', 'kmeans_blocks',
            'kmeans_reconstruct', 'perceptual_loss_status', 'perceptual_loss']
 
@@ -75,6 +75,22 @@ def ifs_hits(maps: torch.Tensor, size: int = 8, n_points: int = 500, n_steps: in
             idx = (ij[..., 1] * size + ij[..., 0]).clamp(0, size * size - 1)
             buf.scatter_add_(1, idx, inside.float())
     return buf.view(N, size, size)
+
+def ifs_coverage(maps: torch.Tensor, size: int, checkpoints: list[int], n_points: int = 500, burn_in: int = 5,
+                 generator: torch.Generator | None = None) -> list[float]:
+    "Fraction of pixels never hit after each number of chaos-game steps in `checkpoints` (one run, counted as it goes)."
+    _check_maps(maps)
+    hit = torch.zeros(maps.shape[0], size * size, dtype=torch.bool, device=maps.device)
+    out, wanted = [], sorted(checkpoints)
+    with torch.no_grad():
+        for step, (x, _) in enumerate(_chaos_points(maps.detach(), n_points, wanted[-1], burn_in, generator), 1):
+            ij = ((x + 1) / 2 * size).floor().long()
+            inside = ((ij >= 0) & (ij < size)).all(-1)
+            idx = (ij[..., 1] * size + ij[..., 0]).clamp(0, size * size - 1)
+            flat = idx + torch.arange(len(idx), device=idx.device)[:, None] * size * size
+            hit.view(-1)[flat[inside]] = True
+            if step in wanted: out.append(1 - hit.float().mean().item())
+    return out
 
 def render_ifs(maps: torch.Tensor, size: int = 8, n_points: int = 500, n_steps: int = 20, burn_in: int = 5,
                gamma: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -281,6 +281,10 @@ class _TrainablePatterns(PatternCodec):
 
     def unfreeze(self): self.frozen = torch.zeros(0, self.grid * self.grid, dtype=torch.long, device=self._device())
 
+    def fit(self, **kwargs) -> dict:
+        "Train over the vocabulary with `fit_patterns(self, **kwargs)`; returns its history."
+        return fit_patterns(self, **kwargs)
+
 def _nearest_free_pattern(logits: torch.Tensor, cells: torch.Tensor, taken: set, colors: int) -> torch.Tensor:
     "The free pattern reached by the cheapest change (smallest logit loss): one changed cell, else two."
     cost = logits.max(-1).values[:, None] - logits                            # [K, C] what each colour change costs

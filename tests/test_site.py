@@ -57,14 +57,9 @@ def test_without_npm_or_network_the_site_says_its_widgets_cannot_render(tmp_path
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-    "The stand-in lessons run by `vtd-tour --site` (kernels with the inline backend, as a reader's)."
-    import os
+    "The stand-in lessons run by `vtd-tour --site` (with MPLBACKEND=Agg from conftest: the tour must still get figures)."
     out = tmp_path_factory.mktemp('tour')
-    old = os.environ.pop('MPLBACKEND', None)
-    try:
-        rc = tour_main(['--nbs', str(SITE_NBS), '--out', str(out), '--site'])
-    finally:
-        if old is not None: os.environ['MPLBACKEND'] = old
+    rc = tour_main(['--nbs', str(SITE_NBS), '--out', str(out), '--site'])
     assert rc == 0, (out / 'summary.txt').read_text()
     return out / 'site'
 
@@ -73,6 +68,7 @@ def test_site_has_a_page_per_notebook_and_an_index(site):
     assert sorted(p.name for p in site.glob('*.html')) == ['01_widgets.html', '02_links.html', 'index.html']
     index = (site / 'index.html').read_text()
     assert '01_widgets.html' in index and '02_links.html' in index and 'largest = 9' in index
+    assert 'src="data:image/png' in (site / '02_links.html').read_text(), "the plot is missing: figures not shown inline"
     page = (site / '01_widgets.html').read_text()
     assert 'application/vnd.jupyter.widget-state+json' in page, "the widgets' saved state is missing from the page"
     if (site / '_static' / 'html-manager' / 'embed.js').exists():  # bundled: no page loads a script from the network

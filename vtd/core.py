@@ -297,6 +297,9 @@ def run_notebook(nb: Path, out_dir: Path, smoke: bool = True, timeout: int | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     results_dir = Path(results_dir or out_dir / 'results'); results_dir.mkdir(parents=True, exist_ok=True)
     old = os.environ.get('VTD_RESULTS_DIR'); os.environ['VTD_RESULTS_DIR'] = str(results_dir)
+    # A kernel shows figures inline only without MPLBACKEND: Agg (as tests set it) would leave the
+    # executed notebooks, and the site made from them, without a single figure.
+    mpl_backend = os.environ.pop('MPLBACKEND', None)
     t0, err = time.perf_counter(), None
     try:
         pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters={'smoke': smoke}, kernel_name='python3',
@@ -307,6 +310,7 @@ def run_notebook(nb: Path, out_dir: Path, smoke: bool = True, timeout: int | Non
     finally:
         if old is None: os.environ.pop('VTD_RESULTS_DIR', None)
         else: os.environ['VTD_RESULTS_DIR'] = old
+        if mpl_backend is not None: os.environ['MPLBACKEND'] = mpl_backend
     rf = results_dir / f"{nb.stem}.json"
     return {'notebook': nb.name, 'ok': err is None, 'error': err, 'seconds': time.perf_counter() - t0,
             'results': json.loads(rf.read_text()) if rf.exists() else {}}

@@ -281,7 +281,7 @@ def revive_dead_codes(model: nn.Module, z: torch.Tensor, ids: torch.Tensor, step
 class PatchMLPDecoderVQ(nn.Module):
     "The fixed FractalTokenizer: the seed's encoder, a 512-entry codebook and a learned MLP decoder, one code per patch."
     def __init__(self, patch_size: int = 8, latent_dim: int = 32, num_tokens: int = 512, beta: float = 0.25,
-                 revive_every: int = 50):
+                 revive_every: int = 10):
         super().__init__()
         if patch_size < 4: raise ValueError(f"patch_size must be >= 4, got {patch_size}")
         self.config = dict(patch_size=patch_size, latent_dim=latent_dim, num_tokens=num_tokens, beta=beta, revive_every=revive_every)

@@ -221,7 +221,11 @@ def move(page, kind: str, control) -> str:
         if box.get_attribute('type') == 'number':
             box.focus(); page.keyboard.press('ArrowUp'); return 'pressed ArrowUp'
         value = box.input_value(); words = value.split()
-        new = f"{value} {words[-1]}" if words else 'a'  # repeat a word already there: a valid input stays valid
+        options = box.evaluate("b => b.list ? Array.from(b.list.options).map(o => o.value) : []")
+        if options:  # a Combobox (ensure_option) accepts only its options: choose another one
+            new = next((o for o in options if o != value), value)
+        else:
+            new = f"{value} {words[-1]}" if words else 'a'  # repeat a word already there: a valid input stays valid
         box.fill(new); box.press('Enter'); return f"typed {new!r}"
     if kind == 'checkbox':
         control.locator('input').click(); return 'toggled'

@@ -306,7 +306,9 @@ def run_notebook(nb: Path, out_dir: Path, smoke: bool = True, timeout: int | Non
                             cwd=str(nb.parent), progress_bar=False, execution_timeout=timeout,
                             request_save_on_cell_execute=False)
     except Exception as e:
-        err = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
+        if hasattr(e, 'ename'):  # papermill's error: name the exception and the cell it came from
+            err = f"{e.ename}: {e.evalue or '(no message)'} in cell [{e.exec_count}]"[:300]
+        else: err = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
     finally:
         if old is None: os.environ.pop('VTD_RESULTS_DIR', None)
         else: os.environ['VTD_RESULTS_DIR'] = old

@@ -17,7 +17,8 @@ from torch import nn
 __all__ = ['CHECKPOINT_FORMAT', 'HTML_MANAGER_SPEC', 'HTML_MANAGER_CDN', 'seed_everything', 'get_device', 'fit',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'psnr', 'ssim', 'show_images', 'live_widget',
            'record_results', 'find_notebooks', 'run_notebook', 'format_results_table', 'tour_main', 'readme_from_index',
-           'write_readme', 'docs_main', 'html_manager_js', 'read_executed_notebook', 'notebook_title', 'build_site']
+           'write_readme', 'docs_main', 'cache_root', 'html_manager_js', 'read_executed_notebook', 'notebook_title',
+           'build_site']
 
 # %% ../nbs/00_core.ipynb
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
@@ -403,14 +404,15 @@ def docs_main(argv: list[str] | None = None) -> int:
 HTML_MANAGER_SPEC = '@jupyter-widgets/html-manager@^1.0.0'  # the manager of ipywidgets 8 (widget protocol 2)
 HTML_MANAGER_CDN = 'https://cdn.jsdelivr.net/npm/@jupyter-widgets/html-manager@^1.0.0/dist/embed.js'
 
-def _cache_root() -> Path:
-    return Path(os.environ.get('VTD_CACHE', Path.home() / '.cache' / 'vtd'))
+def cache_root() -> Path:
+    "The one place every lesson caches trained models, features and downloads: `$VTD_CACHE`, else `~/.cache/vtd`."
+    return Path(os.environ.get('VTD_CACHE') or Path.home() / '.cache' / 'vtd')
 
 def html_manager_js(cache_dir: str | Path | None = None, npm: str | None = None) -> Path | None:
     """Path of the widget manager's standalone `dist/embed.js`, fetched once with `npm pack` into
     `cache_dir` (default `$VTD_CACHE/html-manager`); None (with a message) when npm cannot fetch it."""
     import shutil, subprocess, tarfile
-    cache = Path(cache_dir) if cache_dir else _cache_root() / 'html-manager'
+    cache = Path(cache_dir) if cache_dir else cache_root() / 'html-manager'
     js = cache / 'package' / 'dist' / 'embed.js'
     if js.exists(): return js
     npm = npm or shutil.which('npm')

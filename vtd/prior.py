@@ -14,7 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .core import seed_everything, fit, save_checkpoint, load_checkpoint, CheckpointError
+from .core import seed_everything, fit, save_checkpoint, load_checkpoint, CheckpointError, cache_root
 
 # %% auto 0
 __all__ = ['N_POSITIONS', 'TransformerConfig', 'SelfAttention', 'Block', 'timestep_embedding', 'Transformer', 'CodeRangeError',
@@ -386,8 +386,6 @@ class ImageClassifier(nn.Module):
     def features(self, x): return self.body(x)
     def forward(self, x): return self.head(self.body(x))
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get('VTD_CACHE', Path.home() / '.cache' / 'vtd'))
 
 @torch.no_grad()
 def classifier_accuracy(clf: ImageClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
@@ -404,7 +402,7 @@ def train_image_classifier(data, smoke: bool, seed: int = 0, epochs: int | None 
     n_train = min(len(data.x_train), 10000 if smoke else len(data.x_train))
     clf = ImageClassifier(in_channels=data.x_train.shape[1], n_classes=len(data.classes))
     key = {**clf.config, 'data': data.name, 'n_train': n_train, 'smoke': bool(smoke), 'epochs': epochs, 'seed': seed}
-    path = _cache_dir() / f"classifier_{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
+    path = cache_root() / f"classifier_{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
     try:
         ckpt = load_checkpoint(path, clf, expected_config=key, kind='image_classifier')
         clf.test_accuracy = ckpt['extra']['test_accuracy']; return clf.eval()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .core import CheckpointError, fit, load_checkpoint, psnr, save_checkpoint, seed_everything, ssim
+from .core import CheckpointError, cache_root, fit, load_checkpoint, psnr, save_checkpoint, seed_everything, ssim
 from .data import ImageData
 
 # %% auto 0
@@ -123,8 +123,8 @@ TRAIN_SETTINGS = {  # smoke: a few thousand images, two quick epochs (more on a 
 CACHE_VERSION = 1
 
 def cache_dir() -> Path:
-    "Where trained models are cached: `$VTD_CACHE`, else `~/.cache/vtd`."
-    return Path(os.environ.get('VTD_CACHE') or Path.home() / '.cache' / 'vtd')
+    "Where trained models are cached: `vtd.core.cache_root()` (`$VTD_CACHE`, else `~/.cache/vtd`)."
+    return cache_root()
 
 def data_fingerprint(x: torch.Tensor) -> str:
     "A short hash of (a strided sample of) the images, so a cache never serves a model trained on other data."

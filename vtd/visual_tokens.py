@@ -452,7 +452,7 @@ def cached_text_features(words: list[str], backend: str = 'minilm', model=None, 
     "`text_features`, cached under `$VTD_CACHE/text_features` (default ~/.cache/vtd) keyed by backend, model and words."
     words = list(words)
     key = hashlib.sha256('\n'.join([backend, str(model)] + words).encode()).hexdigest()[:16]
-    d = Path(cache_dir or os.environ.get('VTD_CACHE', Path.home() / '.cache' / 'vtd')) / 'text_features'
+    d = (Path(cache_dir) if cache_dir else cache_root()) / 'text_features'
     p = d / f'{backend}-{len(words)}-{key}.pt'
     if p.exists():
         try:

@@ -180,3 +180,78 @@ def test_classifier_features_and_diversity():
     train = torch.tensor([[1] * 16, [2] * 16])
     d = grid_diversity(torch.tensor([[1] * 16, [1] * 16, [3] * 16, [4] * 16]), train)
     assert d == {'unique_share': 0.75, 'copy_share': 0.5}
+
+
+def _digit_grids():
+    "Checked code grids of the embedded digits under an untrained spatial VAE and a random Euclidean codebook."
+    from vtd.data import load_digits_images
+    from vtd.geodesic import Codebook
+    from vtd.prior import image_code_grids
+    from vtd.spatial_vae import SpatialVAE
+    data = load_digits_images()
+    torch.manual_seed(0)
+    vae = SpatialVAE(in_size=8, latent_grid=4, latent_dim=4, width=8).eval()
+    cb = Codebook(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), 'euclidean')
+    return data, vae, cb, image_code_grids(vae, cb, data, smoke=True)
+
+
+def test_image_code_grids_split_and_boundary():
+    from vtd.prior import code_grid_split, image_code_grids
+    data, vae, cb, gr = _digit_grids()
+    sp = code_grid_split(data, smoke=True)
+    assert len(gr['train']) == len(sp['train']) and len(gr['valid']) == len(sp['valid']) == len(data.x_train) // 10
+    assert set(sp['train'].tolist()).isdisjoint(sp['valid'].tolist()) and gr['dropped'] == 0
+    assert torch.equal(gr['valid'].labels, data.y_train[sp['valid']]) and gr['test'].codes.shape == (len(data.x_test), 16)
+    with pytest.raises(ValueError, match='latents for'):
+        image_code_grids(vae, cb, data, smoke=True, latents=(torch.zeros(3, 16, 4), torch.zeros(2, 16, 4)))
+
+
+def test_get_code_prior_trains_once_then_loads_and_never_loads_another_codebooks(tmp_path, monkeypatch, capsys):
+    from vtd.prior import get_code_prior
+    monkeypatch.setenv('VTD_CACHE', str(tmp_path))
+    data, vae, cb, gr = _digit_grids()
+    prior, hist = get_code_prior(gr, cb, 10, smoke=True, progress=False)
+    files = list(tmp_path.glob('code_prior_*.pt'))
+    assert len(files) == 1 and len(hist['valid']) == 3 and hist['best_epoch'] in (0, 1, 2)
+    again, hist2 = get_code_prior(gr, cb, 10, smoke=True, progress=False)
+    assert 'loaded the cached prior' in capsys.readouterr().out and hist2['valid'] == hist['valid']
+    assert torch.allclose(prior.log_prob(gr['test'].codes, gr['test'].labels), again.log_prob(gr['test'].codes, gr['test'].labels))
+    from vtd.geodesic import Codebook  # another codebook of the same K gets its own prior, never this one
+    other = Codebook(cb.vectors.flip(0), 'euclidean')
+    get_code_prior(gr, other, 10, smoke=True, progress=False)
+    assert len(list(tmp_path.glob('code_prior_*.pt'))) == 2
+    files[0].write_bytes(files[0].read_bytes()[:100])  # a truncated cache file is retrained, with a message
+    get_code_prior(gr, cb, 10, smoke=True, progress=False)
+    assert 'retraining' in capsys.readouterr().out
+
+
+def test_classifier_free_guidance_options_and_effect():
+    prior = small_prior()
+    g = lambda: torch.Generator().manual_seed(0)
+    assert torch.equal(prior.sample(20, 1, guidance=0.0, generator=g()), prior.sample(20, 1, generator=g()))
+    a, b = prior.sample(20, 1, guidance=2.0, generator=g()), prior.sample(20, 1, guidance=2.0, generator=g(), use_cache=False)
+    assert (a == b).float().mean() > 0.95                  # guided sampling is the same with or without the cache
+    assert not torch.equal(a, prior.sample(20, 1, generator=g()))
+    for kw, msg in ((dict(guidance=-1.0), 'guidance must be'), (dict(guidance=1.0, class_label=None), 'needs a class_label')):
+        with pytest.raises(ValueError, match=msg): prior.sample(4, **{'class_label': 1, **kw})
+    torch.manual_seed(0)
+    no_uncond = CodePrior(12, n_classes=3, n_layer=1, n_head=2, n_embd=16, p_uncond=0.0)
+    with pytest.raises(ValueError, match='p_uncond=0'): no_uncond.sample(4, 1, guidance=1.0)
+
+
+def test_rotary_positions_are_relative_causal_and_cacheable():
+    from vtd.prior import rotate
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    dot = lambda i, j: (rotate(q, torch.tensor([i])) * rotate(k, torch.tensor([j]))).sum().item()
+    assert abs(dot(3, 1) - dot(10, 8)) < 1e-4 and abs(dot(3, 1) - dot(3, 2)) > 1e-4   # only the offset matters
+    cfg = TransformerConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=32, rope=True)
+    gpt = Transformer(cfg).eval()
+    assert gpt.wpe is None
+    x = torch.randint(0, 30, (2, 16)); x2 = x.clone(); x2[:, 6] = (x2[:, 6] + 1) % 30
+    with torch.no_grad():
+        a, b = gpt(x), gpt(x2)
+        cache = gpt.new_cache(); inc = torch.cat([gpt(x[:, i:i + 1], cache=cache, pos_offset=i) for i in range(16)], 1)
+    assert torch.allclose(a[:, :6], b[:, :6], atol=1e-6) and torch.allclose(inc, a, atol=1e-5)
+    with pytest.raises(ValueError, match='even head size'):
+        TransformerConfig(vocab_size=30, block_size=16, n_head=4, n_embd=12, rope=True)

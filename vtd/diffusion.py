@@ -191,31 +191,33 @@ def gumbel_float32_reveal_distribution(p: torch.Tensor, steps: int, n_quantiles:
 
 # %% ../nbs/08_diffusion.ipynb
 class TokenDenoiser(nn.Module):
-    "p(x_0 | x_t) over `vocab_size` words from the repository's transformer (bidirectional)."
+    """p(x_0 | x_t) over `vocab_size` tokens from the repository's transformer (bidirectional). With
+    `n_classes` > 0 it is class-conditional (the transformer's class embedding, added at every position)."""
     def __init__(self, vocab_size: int, block_size: int, process: str = 'absorbing', n_layer: int = 4, n_head: int = 4,
-                 n_embd: int = 128, dropout: float = 0.0, time_cond: bool = False):
+                 n_embd: int = 128, dropout: float = 0.0, time_cond: bool = False, n_classes: int = 0, rope: bool = False):
         super().__init__()
         if process not in ('absorbing', 'uniform'): raise ValueError(f"process must be 'absorbing' or 'uniform', got {process!r}")
-        self.vocab_size, self.process_kind = vocab_size, process
+        self.vocab_size, self.process_kind, self.n_classes = vocab_size, process, n_classes
         extra = 1 if process == 'absorbing' else 0
         self.net = Transformer(TransformerConfig(vocab_size=vocab_size + extra, block_size=block_size, n_layer=n_layer,
                                                  n_head=n_head, n_embd=n_embd, dropout=dropout, causal=False,
-                                                 time_cond=time_cond, n_out=vocab_size))
+                                                 time_cond=time_cond, n_out=vocab_size, n_classes=n_classes, rope=rope))
     @property
     def block_size(self): return self.net.cfg.block_size
 
-    def logits(self, x_t: torch.Tensor, t) -> torch.Tensor:
+    def logits(self, x_t: torch.Tensor, t, class_label=None) -> torch.Tensor:
         if x_t.ndim != 2: raise ValueError(f"x_t must be [batch, length], got shape {tuple(x_t.shape)}")
         if x_t.shape[1] > self.block_size:
             raise ValueError(f"sequence of length {x_t.shape[1]} is longer than the denoiser's context {self.block_size}")
+        if class_label is not None and not self.n_classes: raise ValueError("this denoiser is unconditional: pass class_label=None")
         t = check_time(t).to(x_t.device)
-        return self.net(x_t, t=t if self.net.cfg.time_cond else None).float()
+        return self.net(x_t, class_label=class_label, t=t if self.net.cfg.time_cond else None).float()
 
-    def x0_log_prob(self, x_t, t, x0) -> torch.Tensor:
-        return F.log_softmax(self.logits(x_t, t), -1).gather(-1, x0[..., None])[..., 0]
+    def x0_log_prob(self, x_t, t, x0, class_label=None) -> torch.Tensor:
+        return F.log_softmax(self.logits(x_t, t, class_label), -1).gather(-1, x0[..., None])[..., 0]
 
-    def x0_probs(self, x_t, t) -> torch.Tensor:
-        return F.softmax(self.logits(x_t, t).double(), -1)
+    def x0_probs(self, x_t, t, class_label=None) -> torch.Tensor:
+        return F.softmax(self.logits(x_t, t, class_label).double(), -1)
 
 class PatternEmbedding(nn.Module):
     "A word's input vector: the sum of learned (cell, colour) embeddings over its pattern; `[MASK]` has its own colour."
@@ -234,7 +236,8 @@ class PatternDenoiser(nn.Module):
     masked, the output is an independent C-way distribution per cell, and a word's log-probability is the
     sum over its cells (a valid bound on the word's probability because the pattern map is injective)."""
     def __init__(self, cell_table: torch.Tensor, colors: int, block_size: int, n_layer: int = 4, n_head: int = 4,
-                 n_embd: int = 128, dropout: float = 0.0, time_cond: bool = False):
+                 n_embd: int = 128, dropout: float = 0.0, time_cond: bool = False, rope: bool = False,
+                 word_log_prior: torch.Tensor | None = None):
         super().__init__()
         V, n_cells = cell_table.shape
         if cell_table.min() < 0 or cell_table.max() >= colors: raise ValueError(f"cell colours must be in [0, {colors})")
@@ -244,9 +247,17 @@ class PatternDenoiser(nn.Module):
         # the input embedding is replaced below, so vocab_size only bounds the ids (and must allow n_out)
         self.net = Transformer(TransformerConfig(vocab_size=max(V + 1, n_cells * colors), block_size=block_size, n_layer=n_layer,
                                                  n_head=n_head, n_embd=n_embd, dropout=dropout, causal=False, time_cond=time_cond,
-                                                 n_out=n_cells * colors, tie_weights=False))
+                                                 n_out=n_cells * colors, tie_weights=False, rope=rope))
         self.net.wte = PatternEmbedding(cell_table, colors, n_embd)  # the same transformer, reading patterns
-        self.score = 'cells'  # or 'vocabulary': p(word) ∝ Π_cells p(cell), renormalised over the V words' patterns
+        # 'vocabulary' scores a word by the sum of its cells' log-probabilities: a softmax whose word vectors are
+        # the fixed patterns (rank <= 25*(C-1)), which cannot even express word frequencies; a learned bias per
+        # word (as any softmax layer has) can, and leaves the free-cell score untouched. Initialised to
+        # `word_log_prior` (log unigram frequencies) when given: Adam moves a bias by about lr per step, so
+        # from zero it would take thousands of steps to reach frequencies spanning ten nats
+        if word_log_prior is not None and tuple(word_log_prior.shape) != (V,):
+            raise ValueError(f"word_log_prior must have shape ({V},), got {tuple(word_log_prior.shape)}")
+        self.word_bias = nn.Parameter(torch.zeros(V) if word_log_prior is None else word_log_prior.detach().float().clone())
+        self.score = 'cells'  # or 'vocabulary': p(word) ∝ exp(bias) Π_cells p(cell), renormalised over the V words' patterns
     @property
     def block_size(self): return self.net.cfg.block_size
 
@@ -264,28 +275,33 @@ class PatternDenoiser(nn.Module):
         "log p(word) `[B, L, V]` with the cells' product renormalised over the vocabulary's patterns."
         lp = self.cell_log_probs(x_t, t).flatten(-2)                                   # [B, L, G*G*C]
         onehot = F.one_hot(self.table, self.colors).flatten(1).float()                 # [V, G*G*C]
-        return F.log_softmax(lp @ onehot.T, -1)
+        return F.log_softmax(lp @ onehot.T + self.word_bias, -1)
 
-    def x0_log_prob(self, x_t, t, x0) -> torch.Tensor:
-        "log p(x_0 | x_t) per position under `self.score`; 'both' (for training) is the sum of the two."
+    def x0_log_prob(self, x_t, t, x0, class_label=None) -> torch.Tensor:
+        """log p(x_0 | x_t) per position under `self.score`; 'both' (for training) is the word log-probability
+        plus the *mean* cell log-probability: the cells teach the network without drowning the word term."""
+        if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
         if self.score not in ('cells', 'vocabulary', 'both'): raise ValueError(f"score must be 'cells', 'vocabulary' or 'both', got {self.score!r}")
         lp = self.cell_log_probs(x_t, t)
         cells = lp.gather(-1, self.table[x0][..., None])[..., 0].sum(-1)
         if self.score == 'cells': return cells
         onehot = F.one_hot(self.table, self.colors).flatten(1).float()
-        words = F.log_softmax(lp.flatten(-2) @ onehot.T, -1).gather(-1, x0[..., None])[..., 0]
-        return words if self.score == 'vocabulary' else words + cells
+        words = F.log_softmax(lp.flatten(-2) @ onehot.T + self.word_bias, -1).gather(-1, x0[..., None])[..., 0]
+        return words if self.score == 'vocabulary' else words + cells / self.n_cells
 
-    def x0_probs(self, x_t, t) -> torch.Tensor:
+    def x0_probs(self, x_t, t, class_label=None) -> torch.Tensor:
         "Cell probabilities `[B, L, G*G, C]` (most patterns are no word), or word probabilities with `score='vocabulary'`."
+        if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
         if self.score == 'vocabulary': return self.word_log_probs(x_t, t).double().exp()
         return self.cell_log_probs(x_t, t).double().exp()
 
     def decode_cells(self, cells: torch.Tensor):
         "Nearest word by Hamming distance for patterns `[..., G*G]`; also whether the pattern is exactly a word's."
-        d = (cells.reshape(-1, 1, self.n_cells) != self.table[None]).sum(-1)
-        best = d.min(-1)
-        return best.indices.reshape(cells.shape[:-1]), (best.values == 0).reshape(cells.shape[:-1])
+        # matching cells = one-hot(cells) · one-hot(table)ᵀ: one matrix product instead of an [N, V, G*G] comparison
+        match = F.one_hot(cells.reshape(-1, self.n_cells), self.colors).flatten(1).float() @ \
+                F.one_hot(self.table, self.colors).flatten(1).float().T
+        best = (self.n_cells - match).min(-1)
+        return best.indices.reshape(cells.shape[:-1]), (best.values < 0.5).reshape(cells.shape[:-1])
 
 # %% ../nbs/08_diffusion.ipynb
 def stratified_times(n: int, generator=None) -> torch.Tensor:
@@ -304,17 +320,25 @@ def _check_batch(denoiser, process, x0):
         raise ValueError(f"a denoiser built for the {denoiser.process_kind} process cannot serve the {process.kind} process")
 
 def masked_diffusion_loss(denoiser, process: AbsorbingProcess, x0: torch.Tensor, t=None, generator=None,
-                          reduction: str = 'mean') -> torch.Tensor:
+                          reduction: str = 'mean', class_label=None, weighting: str = 'elbo') -> torch.Tensor:
     """Continuous-time ELBO in nats per token: the cross-entropy on masked positions weighted by
-    -α'(t)/(1-α(t)). `reduction='none'` gives one value per sequence."""
+    -α'(t)/(1-α(t)). `reduction='none'` gives one value per sequence; `class_label` conditions a
+    class-conditional denoiser. `weighting='masked_mean'` is a training surrogate, not a bound: the
+    masked cross-entropy weighted by -α'(t) and divided by the batch's number of masked tokens instead
+    of by its expectation L(1-α(t)) (for the log-linear schedule, the plain mean over masked tokens, as
+    BERT and MaskGIT train): it avoids the 1/t blow-up of a few masked tokens at small t."""
     _check_batch(denoiser, process, x0)
     if process.kind != 'absorbing': raise ValueError("masked_diffusion_loss needs the absorbing process")
+    if weighting not in ('elbo', 'masked_mean'): raise ValueError(f"weighting must be 'elbo' or 'masked_mean', got {weighting!r}")
+    if weighting == 'masked_mean' and reduction != 'mean': raise ValueError("weighting='masked_mean' is a batch-level training loss: use reduction='mean'")
     B, L = x0.shape
     t = stratified_times(B, generator) if t is None else check_time(t).expand(B)
     x_t = process.q_sample(x0, t, generator)
     masked = x_t == process.mask_id
-    nll = -(denoiser.x0_log_prob(x_t, t, x0) * masked).sum(1) * process.schedule.weight(t).to(x0.device)
-    per_token = nll / L
+    ce = -(denoiser.x0_log_prob(x_t, t, x0, class_label=class_label) * masked).sum(1)
+    if weighting == 'masked_mean':
+        return (ce * -process.schedule.dalpha(t).to(x0.device)).sum() / masked.sum().clamp_min(1)
+    per_token = ce * process.schedule.weight(t).to(x0.device) / L
     return per_token.mean() if reduction == 'mean' else per_token
 
 def discrete_time_loss(denoiser, process, x0: torch.Tensor, T: int, step=None, generator=None,
@@ -347,9 +371,14 @@ def discrete_time_loss(denoiser, process, x0: torch.Tensor, T: int, step=None, g
 
 @torch.no_grad()
 def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | None = None, batch_size: int = 64,
-                  seed: int = 0) -> dict:
-    """The held-out bound in bits per token: each sequence gets `n_t` times in antithetic pairs (t, 1 - t)
-    (or steps i, T + 1 - i), stratified; the standard error is over sequences. `T=None`: continuous time."""
+                  seed: int = 0, labels: torch.Tensor | None = None) -> dict:
+    """The held-out bound in bits per token: each sequence draws its own `n_t` times, stratified, in
+    antithetic pairs (t, 1 - t) (or steps i, T + 1 - i). Because no two sequences share a time, the
+    per-sequence estimates are independent and the standard error over sequences includes the variance
+    in t (times shared across a batch would hide it). `T=None`: continuous time. `labels` (one class
+    per sequence) conditions a class-conditional denoiser (continuous time only)."""
+    if labels is not None and T is not None: raise ValueError("class labels are supported for the continuous-time bound (T=None)")
+    if labels is not None and len(labels) != len(data): raise ValueError(f"{len(data)} sequences but {len(labels)} labels")
     if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
     if T is None and process.kind != 'absorbing': raise ValueError("the continuous-time bound here is for the absorbing process; pass T")
     g = torch.Generator().manual_seed(seed)
@@ -359,13 +388,14 @@ def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | 
         x0 = data[b:b + batch_size]; B = len(x0)
         acc = torch.zeros(B, dtype=torch.float64)
         half = n_t // 2
-        u = (torch.arange(half) + torch.rand(half, generator=g)) / half
-        for uu in torch.cat([u, 1 - u]):
+        u = (torch.arange(half)[:, None] + torch.rand(half, B, generator=g)) / half   # [half, B]: one stratum per row
+        for uu in torch.cat([u, 1 - u]):                                               # uu: one time per sequence
             if T is None:
-                t = uu.clamp(1e-6, 1.0).expand(B)
-                acc += masked_diffusion_loss(denoiser, process, x0, t=t, generator=g, reduction='none').double()
+                lab = None if labels is None else labels[b:b + batch_size]
+                acc += masked_diffusion_loss(denoiser, process, x0, t=uu.clamp(1e-6, 1.0), generator=g, reduction='none',
+                                             class_label=lab).double()
             else:
-                step = int(torch.ceil(uu * T).clamp(1, T))
+                step = torch.ceil(uu * T).clamp(1, T).long()
                 acc += discrete_time_loss(denoiser, process, x0, T, step=step, generator=g, reduction='none').double()
         per_seq.append(acc / n_t)
     denoiser.train(was_training)
@@ -373,9 +403,9 @@ def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | 
     return dict(bits_per_token=v.mean().item(), stderr=(v.std() / math.sqrt(len(v))).item(), n_t=n_t, T=T, n_seqs=len(v))
 
 # %% ../nbs/08_diffusion.ipynb
-def _draw_x0(denoiser, x_t, t, generator, temperature=1.0):
+def _draw_x0(denoiser, x_t, t, generator, temperature=1.0, class_label=None):
     "One x_0 draw per position: (ids, confidence = probability of the drawn value, exactly-a-word flag)."
-    probs = denoiser.x0_probs(x_t, t)
+    probs = denoiser.x0_probs(x_t, t, class_label=class_label)
     if temperature != 1.0: probs = probs.pow(1 / temperature); probs = probs / probs.sum(-1, keepdim=True)
     if isinstance(denoiser, PatternDenoiser) and denoiser.score == 'cells':
         cells = categorical(probs, generator)                              # [B, L, G*G] free cell draws
@@ -393,10 +423,11 @@ def _check_sampling(denoiser, n, length, steps):
 
 @torch.no_grad()
 def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generator=None, temperature: float = 1.0,
-                     record: bool = False) -> dict:
+                     record: bool = False, class_label=None) -> dict:
     """Reverse-process samples `[n, length]` in `steps` steps. Returns tokens, the number of network
     evaluations, the share of positions whose draw was exactly a word's pattern, and (with `record`) each
-    step's state and per-position confidence."""
+    step's state and per-position confidence. `class_label` (an int or one per sample) conditions a
+    class-conditional denoiser."""
     _check_sampling(denoiser, n, length, steps)
     was_training = denoiser.training; denoiser.eval()
     V = process.vocab_size
@@ -411,7 +442,7 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
             masked = x == process.mask_id
             if not masked.any(): break
             if cached is None or time_cond:
-                cached = _draw_x0(denoiser, x, t.expand(n), generator, temperature); n_evals += 1
+                cached = _draw_x0(denoiser, x, t.expand(n), generator, temperature, class_label); n_evals += 1
                 # fresh draws for the positions revealed below; reused while nothing changes
             a_s, a_t = process.schedule.alpha(s).double(), process.schedule.alpha(t).double()
             p_reveal = ((a_s - a_t) / (1 - a_t)).item() if i > 1 else 1.0
@@ -421,7 +452,8 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
                 x = torch.where(reveal, ids, x); conf = torch.where(reveal, c, conf); exact = torch.where(reveal, ex, exact)
                 cached = None  # x changed: the next step needs a new prediction
         else:
-            p0 = denoiser.x0_probs(x, t.expand(n)); n_evals += 1
+            p0 = denoiser.x0_probs(x, t.expand(n), class_label=class_label)
+            n_evals += 1
             if i > 1: x = categorical(process.posterior(x, p0, s, t), generator)
             else: x = categorical(p0, generator)
             conf = p0.gather(-1, x[..., None])[..., 0]
@@ -431,7 +463,7 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
 
 @torch.no_grad()
 def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, steps: int, generator=None,
-                   temperature: float = 1.0, record: bool = False) -> dict:
+                   temperature: float = 1.0, record: bool = False, class_label=None) -> dict:
     "Confidence-ordered unmasking: after step k, ⌊length·cos(π/2 · k/steps)⌋ positions stay masked."
     _check_sampling(denoiser, n, length, steps)
     if process.kind != 'absorbing': raise ValueError("MaskGIT sampling needs the absorbing process")
@@ -442,7 +474,7 @@ def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, ste
     for k in range(1, steps + 1):
         masked = x == process.mask_id
         t = masked.float().mean(1)  # the mask rate is the time
-        ids, c, ex = _draw_x0(denoiser, x, t, generator, temperature)
+        ids, c, ex = _draw_x0(denoiser, x, t, generator, temperature, class_label)
         n_keep_masked = int(math.floor(length * math.cos(math.pi / 2 * k / steps)))
         score = torch.where(masked, c, torch.full_like(c, -1.0))  # only masked positions compete
         order = score.argsort(1, descending=True)
@@ -457,10 +489,10 @@ def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, ste
 
 # %% ../nbs/08_diffusion.ipynb
 def make_ar_model(vocab_size: int, block_size: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
-                  dropout: float = 0.0) -> Transformer:
+                  dropout: float = 0.0, rope: bool = False) -> Transformer:
     "The autoregressive baseline: id `vocab_size` is the beginning-of-sequence token, never predicted."
     return Transformer(TransformerConfig(vocab_size=vocab_size + 1, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                                         n_embd=n_embd, dropout=dropout, causal=True, n_out=vocab_size))
+                                         n_embd=n_embd, dropout=dropout, causal=True, n_out=vocab_size, rope=rope))
 
 def _ar_inputs(model, x0):
     V = model.cfg.n_out

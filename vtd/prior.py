@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from .core import seed_everything, fit, save_checkpoint, load_checkpoint, CheckpointError, cache_root
 
 # %% auto 0
-__all__ = ['N_POSITIONS', 'TransformerConfig', 'SelfAttention', 'Block', 'timestep_embedding', 'Transformer', 'CodeRangeError',
-           'images_with_bad_codes', 'check_codes', 'CodeGrids', 'uniform_bits', 'IndependentPositions',
-           'fit_independent', 'CodePrior', 'train_prior', 'codebook_signature', 'save_prior', 'load_prior',
-           'ImageClassifier', 'classifier_accuracy', 'train_image_classifier', 'classifier_features',
-           'frechet_distance', 'grid_diversity']
+__all__ = ['N_POSITIONS', 'TransformerConfig', 'rotate', 'SelfAttention', 'Block', 'timestep_embedding', 'Transformer',
+           'CodeRangeError', 'images_with_bad_codes', 'check_codes', 'CodeGrids', 'uniform_bits',
+           'IndependentPositions', 'fit_independent', 'CodePrior', 'train_prior', 'codebook_signature', 'save_prior',
+           'load_prior', 'get_code_prior', 'ImageClassifier', 'classifier_accuracy', 'train_image_classifier',
+           'classifier_features', 'frechet_distance', 'prior_settings', 'code_grid_split', 'image_code_grids',
+           'grid_diversity']
 
 # %% ../nbs/06_prior.ipynb
 @dataclass
@@ -37,25 +38,40 @@ class TransformerConfig:
     time_cond: bool = False      # True: a sinusoidal embedding of t in [0, 1] added to every position
     n_out: int | None = None     # output logits (default vocab_size); tied to the first n_out embeddings
     tie_weights: bool = True
+    rope: bool = False           # True: rotary position embeddings in attention (relative positions), no learned positions
 
     def __post_init__(self):
         if self.n_embd % self.n_head: raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.rope and (self.n_embd // self.n_head) % 2: raise ValueError("rotary embeddings need an even head size")
         if self.n_out is None: self.n_out = self.vocab_size
         if not 0 < self.n_out <= self.vocab_size: raise ValueError(f"n_out must be in [1, vocab_size], got {self.n_out}")
 
 # %% ../nbs/06_prior.ipynb
+def rotate(x: torch.Tensor, pos: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
+    """Rotary position embedding (RoFormer, Su et al. 2021) of `x` `[B, H, T, D]` at positions `pos` `[T]`: each pair
+    of features is rotated by an angle proportional to the position, so q·k depends on the positions' difference."""
+    D = x.shape[-1]
+    freqs = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
+    ang = pos.float()[:, None] * freqs[None]                         # [T, D/2]
+    cos, sin = ang.cos(), ang.sin()
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2).type_as(x)
+
 class SelfAttention(nn.Module):
     "Multi-head self-attention, causal or not, with an optional key/value cache for incremental decoding."
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.n_head, self.causal, self.dropout = cfg.n_head, cfg.causal, cfg.dropout
+        self.n_head, self.causal, self.dropout, self.rope = cfg.n_head, cfg.causal, cfg.dropout, cfg.rope
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x, cache: dict | None = None):
+    def forward(self, x, cache: dict | None = None, pos_offset: int = 0):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.rope:  # rotate before caching: cached keys keep their own positions
+            pos = torch.arange(pos_offset, pos_offset + T, device=x.device)
+            q, k = rotate(q, pos), rotate(k, pos)
         past = 0
         if cache is not None:  # append this step's keys/values to those of earlier steps
             if 'k' in cache: past = cache['k'].shape[2]; k = torch.cat([cache['k'], k], 2); v = torch.cat([cache['v'], v], 2)
@@ -76,8 +92,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
                                  nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln1(x), cache)
+    def forward(self, x, cache=None, pos_offset: int = 0):
+        x = x + self.attn(self.ln1(x), cache, pos_offset)
         return x + self.mlp(self.ln2(x))
 
 # %% ../nbs/06_prior.ipynb
@@ -94,7 +110,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.wpe = None if cfg.rope else nn.Embedding(cfg.block_size, cfg.n_embd)
         self.cls = nn.Embedding(cfg.n_classes, cfg.n_embd) if cfg.n_classes else None
         self.time = nn.Sequential(nn.Linear(cfg.n_embd, cfg.n_embd), nn.SiLU(), nn.Linear(cfg.n_embd, cfg.n_embd)) if cfg.time_cond else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -128,7 +144,8 @@ class Transformer(nn.Module):
         if idx.numel() and (idx.min() < 0 or idx.max() >= cfg.vocab_size):
             bad = idx[(idx < 0) | (idx >= cfg.vocab_size)].unique()[:5].tolist()
             raise IndexError(f"token ids {bad} outside the vocabulary [0, {cfg.vocab_size})")
-        x = self.wte(idx) + self.wpe(torch.arange(pos_offset, pos_offset + T, device=idx.device))
+        x = self.wte(idx)
+        if self.wpe is not None: x = x + self.wpe(torch.arange(pos_offset, pos_offset + T, device=idx.device))
         if self.cls is not None:
             if class_label is None: raise ValueError("this transformer is class-conditional: pass class_label")
             class_label = torch.as_tensor(class_label, device=idx.device).expand(B)
@@ -139,7 +156,7 @@ class Transformer(nn.Module):
             if t is None: raise ValueError("this transformer is time-conditional: pass t")
             x = x + self.time(timestep_embedding(torch.as_tensor(t, device=idx.device).expand(B), cfg.n_embd))[:, None]
         x = self.drop(x)
-        for i, blk in enumerate(self.blocks): x = blk(x, None if cache is None else cache[i])
+        for i, blk in enumerate(self.blocks): x = blk(x, None if cache is None else cache[i], pos_offset)
         x = self.ln_f(x)
         w = self.wte.weight[:cfg.n_out] if cfg.tie_weights else self.head.weight
         return F.linear(x, w)
@@ -311,20 +328,29 @@ class CodePrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, class_label=None, temperature: float = 1.0, top_k: int | None = None,
-               generator: torch.Generator | None = None, use_cache: bool = True, batch_size: int = 1024) -> torch.Tensor:
+               generator: torch.Generator | None = None, use_cache: bool = True, batch_size: int = 1024,
+               guidance: float = 0.0) -> torch.Tensor:
         """`n` code grids `[n, 16]`, drawn code by code. `temperature` scales the logits, `top_k` keeps
         the k likeliest codes at each step; the same `generator` state gives the same codes.
-        `use_cache` reuses keys/values of earlier positions instead of recomputing them."""
+        `use_cache` reuses keys/values of earlier positions instead of recomputing them. `guidance` w > 0
+        is classifier-free guidance: logits `cond + w (cond - uncond)`, the unconditional ones from BOS
+        (the prior learnt both, see `p_uncond`); each step then runs the network on twice the batch."""
         if temperature <= 0: raise ValueError(f"temperature must be > 0, got {temperature}")
         if top_k is not None and not 1 <= top_k: raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if guidance < 0: raise ValueError(f"guidance must be >= 0, got {guidance}")
+        if guidance and class_label is None: raise ValueError("guidance needs a class_label to guide towards")
+        if guidance and self.p_uncond == 0: raise ValueError("guidance needs an unconditional model: this prior was trained with p_uncond=0")
         was = self.training; self.eval(); dev = next(self.parameters()).device
         start_all = self.start_tokens(n, class_label, dev); out = []
         for b in range(0, n, batch_size):
-            start = start_all[b:b + batch_size]; codes = start.new_zeros(len(start), 0)
+            start = start_all[b:b + batch_size]; m = len(start); codes = start.new_zeros(m, 0)
+            if guidance: start = torch.cat([start, torch.full_like(start, self.bos)])  # conditional rows, then unconditional
             cache = self.net.new_cache() if use_cache else None
             for i in range(N_POSITIONS):
-                if use_cache: logits = self.net((start[:, None] if i == 0 else codes[:, -1:]), cache=cache, pos_offset=i)[:, -1]
-                else: logits = self.net(torch.cat([start[:, None], codes], 1))[:, -1]
+                seen = codes.repeat(2, 1) if guidance else codes
+                if use_cache: logits = self.net((start[:, None] if i == 0 else seen[:, -1:]), cache=cache, pos_offset=i)[:, -1]
+                else: logits = self.net(torch.cat([start[:, None], seen], 1))[:, -1]
+                if guidance: cond, uncond = logits[:m], logits[m:]; logits = cond + guidance * (cond - uncond)
                 codes = torch.cat([codes, self._pick(logits, temperature, top_k, generator)], 1)
             out.append(codes)
         self.train(was)
@@ -370,6 +396,33 @@ def load_prior(path, codebook, expected_config: dict | None = None, map_location
     prior = CodePrior(**ckpt['config'])
     load_checkpoint(path, prior, kind='code_prior', map_location=map_location)
     return prior.eval()
+
+def get_code_prior(grids: dict, codebook, n_classes: int, smoke: bool, seed: int = 0, progress: bool = True,
+                   desc: str = 'prior', verbose: bool = True) -> tuple:
+    """`train_prior` with `prior_settings(smoke)` on `grids` (from `image_code_grids`), cached under `cache_root()`
+    with `save_prior` and keyed by the codebook's signature, the settings and a hash of the grids: a second call
+    loads it. Returns `(prior, history)` (history: held-out bits per epoch and the best epoch)."""
+    s = prior_settings(smoke)
+    h = hashlib.sha256()
+    for part in ('train', 'valid'):
+        h.update(grids[part].codes.numpy().tobytes()); h.update(grids[part].labels.numpy().tobytes())
+    key = dict(codebook=codebook_signature(codebook), n_classes=int(n_classes), seed=int(seed), grids=h.hexdigest()[:16],
+               **{k: s[k] for k in ('model', 'epochs', 'batch_size', 'lr')})
+    path = cache_root() / f"code_prior_{codebook.kind}_K{codebook.K}_{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}.pt"
+    if path.exists():
+        try:
+            extra = load_checkpoint(path, kind='code_prior')['extra']
+            if extra.get('key') != key: raise CheckpointError(f"{path} was trained with other settings")
+            prior = load_prior(path, codebook)
+            if verbose: print(f"loaded the cached prior ({desc}) from {path}")
+            return prior, extra['history']
+        except CheckpointError as e:
+            if verbose: print(f"cannot use the cached prior ({e}); retraining")
+    prior, hist = train_prior(grids['train'], grids['valid'], epochs=s['epochs'], n_classes=n_classes, batch_size=s['batch_size'],
+                              lr=s['lr'], seed=seed, progress=progress, desc=desc, **s['model'])
+    hist = {k: hist[k] for k in ('train', 'valid', 'best_epoch', 'time')}
+    save_prior(path, prior, codebook, extra={'key': key, 'history': hist})
+    return prior, hist
 
 # %% ../nbs/06_prior.ipynb
 class ImageClassifier(nn.Module):
@@ -442,6 +495,41 @@ def frechet_distance(feats_a, feats_b) -> float:
     sqrt_a = (V * np.sqrt(w.clip(min=0))) @ V.T
     cross = np.sqrt(np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clip(min=0)).sum()  # tr (S_a^1/2 S_b S_a^1/2)^1/2
     return float(((mu_a - mu_b)**2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+
+# %% ../nbs/06_prior.ipynb
+def prior_settings(smoke: bool) -> dict:
+    "The code prior's size, schedule and data sizes in the lessons (`n_train`/`n_test` None: all images)."
+    if smoke: return dict(model=dict(n_layer=2, n_head=2, n_embd=64, dropout=0.1), epochs=3, batch_size=128, lr=3e-3,
+                          n_train=4000, n_test=1000)
+    return dict(model=dict(n_layer=3, n_head=4, n_embd=96, dropout=0.1), epochs=4, batch_size=256, lr=2e-3,
+                n_train=None, n_test=None)
+
+def code_grid_split(data, smoke: bool, seed: int = 0) -> dict:
+    """Which images the priors see: a seeded permutation of the training images (its first 10% held out as
+    `valid`, to pick checkpoints; the rest `train`) and the first `n_test` test images (only for reporting)."""
+    s = prior_settings(smoke)
+    n = min(s['n_train'] or len(data.x_train), len(data.x_train))
+    split = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))[:n]
+    return dict(valid=split[:n // 10], train=split[n // 10:], n_test=min(s['n_test'] or len(data.x_test), len(data.x_test)))
+
+def image_code_grids(vae, codebook, data, smoke: bool, seed: int = 0, latents=None) -> dict:
+    """`{'train', 'valid', 'test'}` `CodeGrids` (with labels) of `data` under `vae` and `codebook`, on the split of
+    `code_grid_split`, plus `'dropped'`: how many images the seed's filter would have removed (codes outside
+    [0, K); `CodeGrids` refuses such images and names them). `latents`: `(valid+train, test)` `grid_latents`
+    already computed for this split, to encode the images once for several codebooks."""
+    from vtd.geodesic import grid_latents
+    sp = code_grid_split(data, smoke, seed); split = torch.cat([sp['valid'], sp['train']]); n_valid = len(sp['valid'])
+    if latents is None: latents = grid_latents(vae, data.x_train[split]), grid_latents(vae, data.x_test[:sp['n_test']])
+    lat_train, lat_test = latents
+    if len(lat_train) != len(split) or len(lat_test) != sp['n_test']:
+        raise ValueError(f"latents for {len(lat_train)} + {len(lat_test)} images, but the split has {len(split)} + {sp['n_test']}")
+    K, name = int(codebook.K), f"{codebook.kind} K={codebook.K}"
+    raw_train = codebook.assign(lat_train.flatten(0, 1)).view(len(lat_train), -1)   # what codes_for_images does
+    raw_test = codebook.assign(lat_test.flatten(0, 1)).view(len(lat_test), -1)
+    dropped = len(images_with_bad_codes(raw_train, K)) + len(images_with_bad_codes(raw_test, K))
+    all_train = CodeGrids(raw_train, data.y_train[split], K, f"{name} train")
+    return dict(train=all_train.subset(slice(n_valid, None), f"{name} train"), valid=all_train.subset(slice(0, n_valid), f"{name} valid"),
+                test=CodeGrids(raw_test, data.y_test[:sp['n_test']], K, f"{name} test"), dropped=dropped)
 
 # %% ../nbs/06_prior.ipynb
 def grid_diversity(codes: torch.Tensor, train_codes: torch.Tensor) -> dict:

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .core import cache_root
+
 # %% auto 0
 __all__ = ['CLIP_DEFAULT', 'cells_to_patterns', 'patterns_to_cells', 'flip_cells', 'show_patterns', 'pattern_uniqueness',
            'min_hamming_distance', 'space_utilisation', 'prediction_entropy', 'detect_mode_collapse', 'PatternCodec',

@@ -11,7 +11,7 @@ on the same 400 held-out sequences after every epoch (the diffusion bound with `
 times per sequence, its standard error printed), and reports where the curves cross, if they do.
 `--no-rope` and `--weighting elbo` undo two of the choices lesson 08 explains.
 
-    python tests/benchmarks/data_limited.py --epochs 32        # about 25 minutes on 2 CPU cores
+    python tests/benchmarks/data_limited.py --epochs 32        # about 32 minutes on 2 CPU cores (14 AR + 18 diffusion)
     python tests/benchmarks/data_limited.py --epochs 2 --smoke  # a quick check that it runs
 
 Writes `data_limited.json` and `data_limited.png` to `--out` (default `tests/benchmarks/results/`, ignored by git).

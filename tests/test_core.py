@@ -1,13 +1,16 @@
-"""vtd.core: seeding, the training loop, checkpoints and their errors, metrics, results, the tour."""
+"""vtd.core (seeding, devices, batches, the training loop, the cache, checkpoints, metrics, results) and vtd.tour."""
 import json, os
 from pathlib import Path
+
+from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
 
-from vtd.core import (CheckpointError, fit, format_results_table, load_checkpoint, psnr, record_results,
-                      save_checkpoint, seed_everything, ssim, run_notebook)
+from vtd.core import (CheckpointError, Config, batches, cached, fingerprint, fit, get_device, load_checkpoint, psnr,
+                      record_results, save_checkpoint, seed_everything, ssim)
+from vtd.tour import format_results_table, run_notebook
 
 
 def test_seed_everything_reproduces():
@@ -113,9 +116,68 @@ def test_tour_reports_a_failing_notebook_and_runs_the_others(tmp_path):
     nbs = tmp_path / 'nbs'; nbs.mkdir()
     _write_nb(nbs / '01_ok.ipynb', "from vtd.core import record_results\nrecord_results('01_ok', {'smoke': smoke})")
     _write_nb(nbs / '02_bad.ipynb', "raise ValueError('deliberate failure')")
-    from vtd.core import tour_main
+    from vtd.tour import tour_main
     rc = tour_main(['--nbs', str(nbs), '--out', str(tmp_path / 'out')])
     assert rc == 1
     table = (tmp_path / 'out' / 'summary.txt').read_text()
     assert '01_ok.ipynb' in table and 'smoke=True' in table
     assert '02_bad.ipynb' in table and 'FAILED' in table and 'deliberate failure' in table
+
+
+def test_get_device_auto_and_errors():
+    assert get_device('auto') == get_device(None) == get_device()
+    assert get_device('cpu') == torch.device('cpu')
+    with pytest.raises(ValueError, match="unknown device 'gpu'"): get_device('gpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match='CUDA is not available'): get_device('cuda')
+
+
+def test_batches_cover_every_row_and_repeat_with_a_seed():
+    x, y = torch.arange(10.), torch.arange(10) * 2
+    order = lambda seed: [b[0].tolist() for b in batches(x, y, batch_size=4, generator=torch.Generator().manual_seed(seed))]
+    assert order(0) == order(0) and order(0) != order(1)
+    assert sorted(sum(order(0), [])) == list(range(10)) and [len(b) for b in order(0)] == [4, 4, 2]
+    (b,) = list(batches(x, batch_size=10, shuffle=False)); assert torch.equal(b, x)  # one tensor: batches are tensors
+    with pytest.raises(ValueError, match='differ in length'): batches(x, y[:3], batch_size=2)
+
+
+def test_fingerprint_is_by_value():
+    a = torch.arange(6.).view(2, 3)
+    assert fingerprint(a) == fingerprint(a.clone()) != fingerprint(a.view(3, 2)) != fingerprint(a.double())
+    assert fingerprint({'b': 1, 'a': 2}) == fingerprint({'a': 2, 'b': 1}) != fingerprint({'a': 2, 'b': 3})
+    m = nn.Linear(2, 2); f = fingerprint(m)
+    with torch.no_grad(): m.weight[0, 0] += 1
+    assert fingerprint(m) != f
+    with pytest.raises(TypeError, match='cannot hash'): fingerprint(object())
+
+
+@dataclass(frozen=True)
+class _Cfg(Config):
+    width: int = 3
+    @classmethod
+    def smoke(cls): return cls(width=2)
+
+
+def test_cached_retrains_exactly_when_its_key_changes(tmp_path, capsys):
+    """The one cache-invalidation test: same key loads; a changed config, data or upstream model retrains;
+    a corrupt file retrains and says so; a dict artefact round-trips."""
+    made = []
+    def run(cfg, data=1, upstream=()):
+        def make():
+            made.append(cfg); torch.manual_seed(len(made)); return nn.Linear(2, cfg.width)
+        return cached('lin', cfg, make, lambda: nn.Linear(2, cfg.width), data=data, upstream=upstream, cache_dir=tmp_path)
+    assert _Cfg.preset(True) == _Cfg(width=2) and _Cfg.preset(False) == _Cfg()
+    a = run(_Cfg()); b = run(_Cfg())
+    assert len(made) == 1 and torch.equal(a.weight, b.weight)
+    run(_Cfg(width=4)); assert len(made) == 2            # config
+    run(_Cfg(), data=2); assert len(made) == 3           # data
+    up = nn.Linear(1, 1); run(_Cfg(), upstream=up); run(_Cfg(), upstream=up); assert len(made) == 4
+    with torch.no_grad(): up.weight += 1
+    run(_Cfg(), upstream=up); assert len(made) == 5      # upstream model
+    for f in (tmp_path / 'lin').glob('*.pt'): f.write_bytes(b'not a checkpoint')
+    capsys.readouterr(); run(_Cfg()); assert len(made) == 6
+    assert 'cannot be used' in capsys.readouterr().out
+    d = cached('table', _Cfg(), lambda: {'codes': torch.arange(3), 'K': 3}, cache_dir=tmp_path)
+    e = cached('table', _Cfg(), lambda: 1 / 0, cache_dir=tmp_path)  # loads: make() is never called
+    assert torch.equal(d['codes'], e['codes']) and e['K'] == 3
+    with pytest.raises(TypeError, match='pass build='): cached('nobuild', _Cfg(), lambda: nn.Linear(1, 1), cache_dir=tmp_path)

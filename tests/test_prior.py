@@ -240,7 +240,7 @@ def test_classifier_free_guidance_options_and_effect():
 
 
 def test_rotary_positions_are_relative_causal_and_cacheable():
-    from vtd.prior import rotate
+    from vtd.transformer import rotate
     torch.manual_seed(0)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
     dot = lambda i, j: (rotate(q, torch.tensor([i])) * rotate(k, torch.tensor([j]))).sum().item()

@@ -27,9 +27,9 @@ def test_notebooks_are_clean_and_keep_parameters_tag():
 
 
 def test_readme_is_generated_from_index():
-    from vtd.core import readme_from_index
+    from vtd.tour import readme_from_index
     assert (REPO / 'README.md').read_text() == readme_from_index(REPO / 'nbs' / 'index.ipynb'), \
-        "README.md is stale: run python -c 'from vtd.core import write_readme; write_readme()'"
+        "README.md is stale: run python -c 'from vtd.tour import write_readme; write_readme()'"
 
 
 def test_readme_gives_the_two_commands():
@@ -45,13 +45,13 @@ def test_quarto_config_is_the_one_nbdev_reads():
     assert cfg['project']['type'] == 'website'
     link = REPO / 'nbs' / '_quarto.yml'
     assert link.is_symlink() and link.resolve() == (REPO / '_quarto.yml').resolve()
-    listed = [m for m in cfg['website']['navbar']['left'][0]['menu']]
+    listed = [m for section in cfg['website']['navbar']['left'] for m in section['menu']]
     assert set(listed) >= {p.name for p in REPO.glob('nbs/[0-9]*.ipynb')}, "a lesson is missing from the docs menu"
 
 
 def test_docs_command_fails_loudly_without_quarto(tmp_path, monkeypatch):
     if shutil.which('quarto'): pytest.skip('Quarto is installed here: the docs build itself is what runs')
-    r = subprocess.run([sys.executable, '-c', 'import sys, vtd.core as c; sys.exit(c.docs_main([]))'],
+    r = subprocess.run([sys.executable, '-c', 'import sys, vtd.tour as c; sys.exit(c.docs_main([]))'],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and 'Quarto is not installed' in r.stderr
 

@@ -1,4 +1,4 @@
-"""The static site of executed notebooks (`vtd-tour --site`, `vtd.core.build_site`), read in a real browser.
+"""The static site of executed notebooks (`vtd-tour --site`, `vtd.tour.build_site`), read in a real browser.
 
 The site is built the way the main job builds it, from two small stand-in lessons (tests/browser/site/:
 a figure, a live widget, links between pages), served from 127.0.0.1 and opened in Chromium. Every page
@@ -12,7 +12,7 @@ from urllib.parse import urljoin, urlparse
 
 import pytest
 
-from vtd.core import build_site, read_executed_notebook, tour_main, _link_pages
+from vtd.tour import build_site, read_executed_notebook, tour_main, _link_pages
 
 REPO = Path(__file__).resolve().parent.parent
 SITE_NBS = Path(__file__).resolve().parent / 'browser' / 'site'

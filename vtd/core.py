@@ -5,7 +5,7 @@
 # %% ../nbs/00_core.ipynb 3
 from __future__ import annotations
 
-import hashlib, io, json, math, os, random, sys, tempfile, time, traceback
+import dataclasses, hashlib, json, math, os, random, sys, tempfile, time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -14,11 +14,9 @@ import torch
 from torch import nn
 
 # %% auto 0
-__all__ = ['CHECKPOINT_FORMAT', 'HTML_MANAGER_SPEC', 'HTML_MANAGER_CDN', 'seed_everything', 'get_device', 'fit',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'psnr', 'ssim', 'show_images', 'live_widget',
-           'record_results', 'find_notebooks', 'run_notebook', 'format_results_table', 'tour_main', 'readme_from_index',
-           'write_readme', 'docs_main', 'cache_root', 'html_manager_js', 'read_executed_notebook', 'notebook_title',
-           'build_site']
+__all__ = ['CHECKPOINT_FORMAT', 'seed_everything', 'get_device', 'progress', 'batches', 'fit', 'CheckpointError',
+           'save_checkpoint', 'load_checkpoint', 'cache_root', 'fingerprint', 'Config', 'cached', 'psnr', 'ssim',
+           'show_images', 'live_widget', 'record_results']
 
 # %% ../nbs/00_core.ipynb
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
@@ -32,18 +30,23 @@ def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generat
     return torch.Generator().manual_seed(int(seed))
 
 # %% ../nbs/00_core.ipynb
-def get_device(prefer: str | None = None) -> torch.device:
-    "The best available device (cuda, then mps, then cpu), or `prefer` if it is available."
-    if prefer is not None:
-        dev = torch.device(prefer)
-        if dev.type == 'cuda' and not torch.cuda.is_available():
-            raise RuntimeError(f"device {prefer!r} requested but CUDA is not available here")
-        if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
-            raise RuntimeError(f"device {prefer!r} requested but MPS is not available here")
-        return dev
-    if torch.cuda.is_available(): return torch.device('cuda')
-    if hasattr(torch.backends, 'mps') and torch.backends.mps.is_available(): return torch.device('mps')
-    return torch.device('cpu')
+def get_device(prefer: str | torch.device | None = 'auto') -> torch.device:
+    "The device named by `prefer` ('cpu', 'cuda', 'cuda:1', 'mps'), or for 'auto'/None the best available: CUDA, then MPS, then CPU."
+    if prefer is None or (isinstance(prefer, str) and prefer == 'auto'):
+        if torch.cuda.is_available(): return torch.device('cuda')
+        if hasattr(torch.backends, 'mps') and torch.backends.mps.is_available(): return torch.device('mps')
+        return torch.device('cpu')
+    try: dev = torch.device(prefer)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {prefer!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from e
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available(): raise RuntimeError(f"device {str(prefer)!r} requested but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {str(prefer)!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+        raise RuntimeError(f"device {str(prefer)!r} requested but MPS is not available here")
+    if dev.type not in ('cpu', 'cuda', 'mps', 'meta'): raise ValueError(f"unsupported device {str(prefer)!r}")
+    return dev
 
 # %% ../nbs/00_core.ipynb
 def _in_notebook() -> bool:
@@ -53,9 +56,29 @@ def _in_notebook() -> bool:
         return ip is not None and 'IPKernelApp' in ip.config
     except Exception: return False
 
-def _progress(it, total=None, desc=None, disable=False):
+def progress(it: Iterable, total: int | None = None, desc: str | None = None, disable: bool = False, leave: bool = False):
+    "The one progress bar of the library: tqdm (a widget in notebooks, text in a terminal), redrawn at most once a second."
     from tqdm.auto import tqdm
-    return tqdm(it, total=total, desc=desc, disable=disable, leave=False, mininterval=1.0)
+    return tqdm(it, total=total, desc=desc, disable=disable, leave=leave, mininterval=1.0)
+
+def batches(*tensors: torch.Tensor, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
+            drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """Mini-batches of `tensors` (same first dimension) as a re-iterable `DataLoader`: a new shuffled order each
+    pass, drawn from `generator` (seeded runs repeat). Each batch is one gather per tensor, on whatever device the
+    tensors live (put the data on the device once, before this). One tensor gives batches that are tensors,
+    several give tuples."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+    if not tensors: raise ValueError("batches needs at least one tensor")
+    if len({len(t) for t in tensors}) != 1: raise ValueError(f"tensors differ in length: {[len(t) for t in tensors]}")
+    if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ds = TensorDataset(*tensors)
+    order = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
+    # the sampler yields whole index lists, so a batch is tensor[idx] (one gather), not batch_size lookups + a stack
+    return DataLoader(ds, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
+                      collate_fn=_one_or_tuple)
+
+def _one_or_tuple(b): return b[0] if len(b) == 1 else b
+_bar = progress  # inside fit, whose `progress` flag shadows the name
 
 # %% ../nbs/00_core.ipynb
 def fit(model: nn.Module, loss_fn: Callable, train_batches: Callable[[], Iterable] | Iterable,
@@ -76,7 +99,7 @@ def fit(model: nn.Module, loss_fn: Callable, train_batches: Callable[[], Iterabl
     for epoch in range(epochs):
         model.train(); tot, n, parts_sum = 0.0, 0, {}
         batches = train_batches() if callable(train_batches) else train_batches
-        for batch in _progress(batches, desc=f"{desc} {epoch+1}/{epochs}", disable=not progress):
+        for batch in _bar(batches, desc=f"{desc} {epoch+1}/{epochs}", disable=not progress):
             out = loss_fn(model, batch)
             loss, parts = out if isinstance(out, tuple) else (out, {})
             if not torch.isfinite(loss):
@@ -198,6 +221,90 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, expected_c
     return ckpt
 
 # %% ../nbs/00_core.ipynb
+def cache_root() -> Path:
+    "The one place every lesson caches trained models, features and downloads: `$VTD_CACHE`, else `~/.cache/vtd`."
+    return Path(os.environ.get('VTD_CACHE') or Path.home() / '.cache' / 'vtd')
+
+def _feed(h, obj):
+    "Feed `obj` to hash `h` by value: tensors and arrays by dtype, shape and bytes; modules by their state."
+    if isinstance(obj, nn.Module): obj = obj.state_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type): obj = {'@': type(obj).__name__, **dataclasses.asdict(obj)}
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    elif isinstance(obj, np.ndarray):
+        h.update(f"A{obj.dtype}{obj.shape}".encode()); h.update(np.ascontiguousarray(obj).tobytes())
+    elif isinstance(obj, Mapping):
+        h.update(b'{')
+        for k in sorted(obj, key=str): h.update(repr(k).encode()); _feed(h, obj[k])
+        h.update(b'}')
+    elif isinstance(obj, (list, tuple)):
+        h.update(b'['); [_feed(h, o) for o in obj]; h.update(b']')
+    elif obj is None or isinstance(obj, (bool, int, float, str, np.generic)): h.update(repr(obj).encode())
+    elif hasattr(obj, 'fingerprint'): h.update(str(obj.fingerprint()).encode())
+    else: raise TypeError(f"fingerprint: cannot hash a {type(obj).__name__} by value")
+
+def fingerprint(*objs) -> str:
+    "A short SHA-256 of `objs` by value (tensors, arrays, modules' weights, dataclasses, dicts, lists, scalars): the one cache key."
+    h = hashlib.sha256()
+    for o in objs: _feed(h, o)
+    return h.hexdigest()[:16]
+
+# %% ../nbs/00_core.ipynb
+class Config:
+    """Base of the settings dataclasses of trained artefacts: `smoke()` is the small setting the tests use,
+    `full()` the reader's; `preset(smoke)` picks one, once, at the top of a notebook."""
+    @classmethod
+    def smoke(cls): return cls()
+    @classmethod
+    def full(cls): return cls()
+    @classmethod
+    def preset(cls, smoke: bool): return cls.smoke() if smoke else cls.full()
+    def asdict(self) -> dict: return dataclasses.asdict(self)
+    def replace(self, **changes): return dataclasses.replace(self, **changes)
+
+# %% ../nbs/00_core.ipynb
+def cached(kind: str, config, make: Callable[[], Any], build: Callable[[], nn.Module] | None = None, *,
+           data=None, upstream=(), device=None, verbose: bool = True, cache_dir: str | Path | None = None):
+    """Load the artefact `kind` made for `config` from the cache, or `make()` it and cache it.
+
+    The key is `fingerprint(kind, config, data, upstream)`: a changed config, changed data (a tensor, or its
+    fingerprint) or a changed upstream model (a module, or its fingerprint) makes a new entry. `make()` returns
+    an `nn.Module` (then `build()` must return an untrained one of the same architecture, to load into) or a
+    dict of tensors and plain values. A file that cannot be loaded is reported and made again. The result is
+    on `device` (default: where `make` left it, or the CPU when loaded)."""
+    cfg = config.asdict() if hasattr(config, 'asdict') else dict(config)
+    key = fingerprint(kind, cfg, data, upstream)
+    path = Path(cache_dir or cache_root()) / kind / f"{key}.pt"
+    say = print if verbose else (lambda *a, **k: None)
+    if path.exists():
+        try:
+            model = build() if build is not None else None
+            ckpt = load_checkpoint(path, model=model, expected_config=cfg, kind=kind)
+            say(f"{kind}: loaded from the cache ({path})")
+            out = model if model is not None else {**ckpt['extra'], **ckpt['state_dict']}
+            return _to(out, device)
+        except CheckpointError as e:
+            say(f"{kind}: the cached file cannot be used ({e}); making it again")
+    t0 = time.perf_counter()
+    out = make()
+    if isinstance(out, nn.Module):
+        if build is None: raise TypeError(f"cached({kind!r}): make() returned a module, so pass build= to rebuild it on load")
+        save_checkpoint(path, out, cfg, kind=kind)
+    elif isinstance(out, Mapping):
+        tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        save_checkpoint(path, tensors, cfg, kind=kind, extra={k: v for k, v in out.items() if k not in tensors})
+    else: raise TypeError(f"cached({kind!r}): make() must return an nn.Module or a dict, got {type(out).__name__}")
+    say(f"{kind}: made in {time.perf_counter() - t0:.1f} s, cached at {path}")
+    return _to(out, device)
+
+def _to(obj, device):
+    if device is None: return obj
+    if isinstance(obj, nn.Module): return obj.to(device)
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in obj.items()}
+
+# %% ../nbs/00_core.ipynb
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, reduction: str = 'per_image') -> float:
     "PSNR in dB of images `[N, C, H, W]`: mean of per-image PSNRs ('per_image') or of the pooled MSE ('pooled')."
     if x.shape != y.shape: raise ValueError(f"psnr: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}")
@@ -285,296 +392,3 @@ def record_results(lesson: str, results: Mapping[str, Any], show: bool = True) -
         print(f"results of {lesson}:")
         for k, v in res.items(): print(f"  {k:<{w}}  {v:.4g}" if isinstance(v, float) else f"  {k:<{w}}  {v}")
     return res
-
-# %% ../nbs/00_core.ipynb
-def find_notebooks(nbs_dir: str | Path, pattern: str = '[0-9]*.ipynb') -> list[Path]:
-    "The numbered lesson notebooks in `nbs_dir`, in order."
-    return sorted(p for p in Path(nbs_dir).glob(pattern) if not p.name.startswith('_'))
-
-def run_notebook(nb: Path, out_dir: Path, smoke: bool = True, timeout: int | None = None,
-                 results_dir: Path | None = None) -> dict:
-    "Execute one notebook with papermill; return its status, time and recorded results."
-    import papermill as pm
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results_dir = Path(results_dir or out_dir / 'results'); results_dir.mkdir(parents=True, exist_ok=True)
-    old = os.environ.get('VTD_RESULTS_DIR'); os.environ['VTD_RESULTS_DIR'] = str(results_dir)
-    # A kernel shows figures inline only without MPLBACKEND: Agg (as tests set it) would leave the
-    # executed notebooks, and the site made from them, without a single figure.
-    mpl_backend = os.environ.pop('MPLBACKEND', None)
-    t0, err = time.perf_counter(), None
-    try:
-        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters={'smoke': smoke}, kernel_name='python3',
-                            cwd=str(nb.parent), progress_bar=False, execution_timeout=timeout,
-                            request_save_on_cell_execute=False)
-    except Exception as e:
-        if hasattr(e, 'ename'):  # papermill's error: name the exception and the cell it came from
-            err = f"{e.ename}: {e.evalue or '(no message)'} in cell [{e.exec_count}]"[:300]
-        else: err = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
-    finally:
-        if old is None: os.environ.pop('VTD_RESULTS_DIR', None)
-        else: os.environ['VTD_RESULTS_DIR'] = old
-        if mpl_backend is not None: os.environ['MPLBACKEND'] = mpl_backend
-    rf = results_dir / f"{nb.stem}.json"
-    return {'notebook': nb.name, 'ok': err is None, 'error': err, 'seconds': time.perf_counter() - t0,
-            'results': json.loads(rf.read_text()) if rf.exists() else {}}
-
-# %% ../nbs/00_core.ipynb
-def format_results_table(runs: list[dict]) -> str:
-    "One text table of every notebook's status, time and recorded results."
-    lines = [f"{'notebook':<24} {'status':<7} {'time':>7}  results", '-' * 78]
-    for r in runs:
-        res = ', '.join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r['results'].items())
-        lines.append(f"{r['notebook']:<24} {'ok' if r['ok'] else 'FAILED':<7} {r['seconds']:>6.1f}s  {res}")
-        if not r['ok']: lines.append(f"{'':<24} error: {r['error']}")
-    ok = sum(r['ok'] for r in runs)
-    lines.append('-' * 78); lines.append(f"{ok} of {len(runs)} notebooks ran cleanly")
-    return '\n'.join(lines)
-
-def _default_nbs_dir() -> Path:
-    for p in (Path.cwd() / 'nbs', Path(__file__).resolve().parent.parent / 'nbs'):
-        if p.is_dir() and find_notebooks(p): return p
-    raise FileNotFoundError("no nbs/ folder with numbered notebooks found: run from the repository root or pass --nbs")
-
-# %% ../nbs/00_core.ipynb
-def tour_main(argv: list[str] | None = None) -> int:
-    "Console entry point `vtd-tour`: run every lesson notebook and print a table of results."
-    import argparse
-    ap = argparse.ArgumentParser(prog='vtd-tour', description=tour_main.__doc__)
-    ap.add_argument('--full', action='store_true', help='run the full setting (default: smoke, minutes in all)')
-    ap.add_argument('--nbs', type=Path, default=None, help='folder of notebooks (default: ./nbs)')
-    ap.add_argument('--out', type=Path, default=Path('tour_output'), help='where executed notebooks and results go')
-    ap.add_argument('--only', default=None, help='run only notebooks whose name contains this text')
-    ap.add_argument('--timeout', type=int, default=None, help='per-cell timeout in seconds')
-    ap.add_argument('--site', action='store_true', help='also render the executed notebooks to a static HTML site in <out>/site')
-    a = ap.parse_args(argv)
-    nbs = find_notebooks(a.nbs or _default_nbs_dir())
-    if a.only: nbs = [p for p in nbs if a.only in p.name]
-    if not nbs: print('no notebooks matched', file=sys.stderr); return 2
-    mode = 'full' if a.full else 'smoke'
-    print(f"vtd-tour: {len(nbs)} notebooks in {mode} mode -> {a.out}/", flush=True)
-    runs = []
-    for nb in nbs:
-        print(f"  running {nb.name} ...", flush=True)
-        r = run_notebook(nb, a.out, smoke=not a.full, timeout=a.timeout, results_dir=a.out / 'results')
-        print(f"  {'ok' if r['ok'] else 'FAILED'} {nb.name} in {r['seconds']:.1f}s" + ('' if r['ok'] else f": {r['error']}"), flush=True)
-        runs.append(r)
-    table = format_results_table(runs)
-    (a.out / 'summary.txt').write_text(table + '\n'); (a.out / 'summary.json').write_text(json.dumps(runs, indent=1))
-    print(); print(table)
-    if a.site:
-        site = build_site(a.out, a.out / 'site')
-        print(f"\nsite: {len(site['pages'])} pages in {site['index'].parent}/ (widgets: {site['widgets_note']}); "
-              f"open it with: python -m http.server -d {site['index'].parent} 8000  ->  http://127.0.0.1:8000/")
-    return 0 if all(r['ok'] for r in runs) else 1
-
-# %% ../nbs/00_core.ipynb
-def readme_from_index(index_nb: str | Path) -> str:
-    "README.md text from the home-page notebook: markdown cells as they are, code cells as fenced blocks."
-    import nbformat
-    nb = nbformat.read(str(index_nb), as_version=4)
-    parts = ['<!-- Generated from nbs/index.ipynb by vtd.core.write_readme: edit the notebook, not this file. -->']
-    for c in nb.cells:
-        src = c.source.strip()
-        if not src or src.startswith('#|'): continue
-        if c.cell_type == 'markdown':
-            if src.startswith('# ') and '\n\n> ' in src:  # nbdev title + description -> heading and quote
-                title, _, rest = src.partition('\n\n'); parts.append(f"{title}\n\n{rest}")
-            else: parts.append(src)
-        elif c.cell_type == 'code': parts.append(f"```python\n{src}\n```")
-    return '\n\n'.join(parts) + '\n'
-
-def write_readme(repo: str | Path = '.') -> Path:
-    "Regenerate `README.md` from `nbs/index.ipynb`."
-    repo = Path(repo); out = repo / 'README.md'
-    out.write_text(readme_from_index(repo / 'nbs' / 'index.ipynb'), encoding='utf-8')
-    return out
-
-def docs_main(argv: list[str] | None = None) -> int:
-    "Console entry point `vtd-docs`: build the Quarto site with nbdev_docs, or say clearly why not."
-    import shutil, subprocess
-    if shutil.which('quarto') is None:
-        print("vtd-docs: Quarto is not installed on this machine, so the docs site cannot be built here. "
-              "Install Quarto (https://quarto.org/docs/get-started/) and run again, or build the static "
-              "HTML pages of executed notebooks with `vtd-tour --site`.", file=sys.stderr)
-        return 2
-    write_readme('.')
-    return subprocess.call(['nbdev_docs'] + list(argv or sys.argv[1:]))
-
-# %% ../nbs/00_core.ipynb
-HTML_MANAGER_SPEC = '@jupyter-widgets/html-manager@^1.0.0'  # the manager of ipywidgets 8 (widget protocol 2)
-HTML_MANAGER_CDN = 'https://cdn.jsdelivr.net/npm/@jupyter-widgets/html-manager@^1.0.0/dist/embed.js'
-
-def cache_root() -> Path:
-    "The one place every lesson caches trained models, features and downloads: `$VTD_CACHE`, else `~/.cache/vtd`."
-    return Path(os.environ.get('VTD_CACHE') or Path.home() / '.cache' / 'vtd')
-
-def html_manager_js(cache_dir: str | Path | None = None, npm: str | None = None) -> Path | None:
-    """Path of the widget manager's standalone `dist/embed.js`, fetched once with `npm pack` into
-    `cache_dir` (default `$VTD_CACHE/html-manager`); None (with a message) when npm cannot fetch it."""
-    import shutil, subprocess, tarfile
-    cache = Path(cache_dir) if cache_dir else cache_root() / 'html-manager'
-    js = cache / 'package' / 'dist' / 'embed.js'
-    if js.exists(): return js
-    npm = npm or shutil.which('npm')
-    if npm is None:
-        print("html_manager_js: npm is not installed, so the widget manager cannot be bundled", file=sys.stderr)
-        return None
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        try:
-            r = subprocess.run([npm, 'pack', HTML_MANAGER_SPEC, '--pack-destination', tmp],
-                               capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            print(f"html_manager_js: npm pack failed ({type(e).__name__}: {e})", file=sys.stderr); return None
-        tgz = sorted(Path(tmp).glob('*.tgz'))
-        if r.returncode != 0 or not tgz:
-            why = (r.stderr.strip().splitlines() or ['no message'])[-1]
-            print(f"html_manager_js: `npm pack {HTML_MANAGER_SPEC}` failed: {why}", file=sys.stderr); return None
-        with tarfile.open(tgz[0]) as tf:  # the 'data' filter refuses absolute paths, links out and devices
-            if hasattr(tarfile, 'data_filter'): tf.extractall(tmp, filter='data')
-            else: tf.extractall(tmp, members=[m for m in tf.getmembers() if m.isfile() or m.isdir()])
-        if not (Path(tmp) / 'package' / 'dist' / 'embed.js').exists():
-            print(f"html_manager_js: {tgz[0].name} has no package/dist/embed.js", file=sys.stderr); return None
-        if not js.exists():
-            if (cache / 'package').exists(): shutil.rmtree(cache / 'package')  # a partial copy from an interrupted fetch
-            os.replace(Path(tmp) / 'package', cache / 'package')  # the whole folder in one step
-    return js
-
-def _online(host: str = 'cdn.jsdelivr.net', port: int = 443, timeout: float = 3.0) -> bool:
-    import socket
-    try: socket.create_connection((host, port), timeout=timeout).close(); return True
-    except OSError: return False
-
-# %% ../nbs/00_core.ipynb
-def read_executed_notebook(path: str | Path):
-    "Read a notebook for rendering, dropping the float `metadata.execution.total` nbformat rejects."
-    import nbformat
-    raw = json.loads(Path(path).read_text(encoding='utf-8'))
-    for meta in [raw.get('metadata', {})] + [c.get('metadata', {}) for c in raw.get('cells', [])]:
-        ex = meta.get('execution')
-        if isinstance(ex, dict) and isinstance(ex.get('total'), float):
-            del ex['total']
-            if not ex: del meta['execution']
-    return nbformat.reads(json.dumps(raw), as_version=4)
-
-def notebook_title(nb) -> tuple[str, str]:
-    "The nbdev title (`# Title`) and description (`> ...`) from a notebook's first markdown cell."
-    for c in nb.cells:
-        if c.cell_type != 'markdown': continue
-        lines = [l.strip() for l in c.source.splitlines()]
-        title = next((l[2:].strip() for l in lines if l.startswith('# ')), '')
-        desc = next((l[1:].strip() for l in lines if l.startswith('>')), '')
-        return title, desc
-    return '', ''
-
-# %% ../nbs/00_core.ipynb
-_SITE_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4rem;text-align:left;vertical-align:top}
-.ok{color:#080}.failed{color:#b00;font-weight:bold}.note{color:#555;font-size:.9em}code{font-size:.9em}"""
-
-_NO_FAVICON = '<link rel="icon" href="data:,">'  # browsers otherwise ask for /favicon.ico, a failed request
-
-def _esc(s) -> str:
-    import html
-    return html.escape(str(s), quote=True)
-
-def _page_nav(prev_page, next_page) -> str:
-    links = ['<a href="index.html">vtd: all lessons</a>']
-    if prev_page: links.append(f'<a href="{_esc(prev_page)}">&larr; {_esc(prev_page[:-5])}</a>')
-    if next_page: links.append(f'<a href="{_esc(next_page)}">{_esc(next_page[:-5])} &rarr;</a>')
-    return ('<nav class="vtd-nav" style="font-family:system-ui,sans-serif;padding:.5rem 1rem;'
-            'border-bottom:1px solid #ddd">' + ' &middot; '.join(links) + '</nav>')
-
-def _link_pages(html_text: str, pages: set[str]) -> str:
-    "Point links between notebooks (`02_fractal.ipynb#x`) at their pages in the site."
-    import re
-    def fix(m):
-        name = m.group(2) + '.html'
-        return f'{m.group(1)}{name}{(m.group(3) or "").lower()}"' if name in pages else m.group(0)
-    return re.sub(r'(href=")(?:\./)?([\w.-]+)\.ipynb(#[^"]*)?"', fix, html_text)
-
-def _lower_ids(html_text: str) -> str:
-    "Lower-case heading ids and same-page anchors: nbconvert keeps `#A-widget`, Quarto and readers write `#a-widget`."
-    import re
-    low = lambda m: m.group(1) + m.group(2).lower() + m.group(3)
-    html_text = re.sub(r'(<h[1-6][^>]*?\sid=")([^"]+)(")', low, html_text)
-    return re.sub(r'(href="#)([^"]+)(")', low, html_text)
-
-# %% ../nbs/00_core.ipynb
-def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'auto',
-               cache_dir: str | Path | None = None, quiet: bool = False) -> dict:
-    """Render the executed notebooks in `executed_dir` to HTML pages in `site_dir`, with `index.html`.
-
-    `widgets` says where the pages load the widget manager from: 'local' (a copy in the site, fetched
-    with npm), 'cdn', 'none' (widgets stay empty), or 'auto' (local, else the CDN when online, else
-    none). Returns {'pages', 'index', 'widgets', 'widgets_note'}."""
-    import shutil
-    from nbconvert import HTMLExporter
-    executed_dir, site_dir = Path(executed_dir), Path(site_dir)
-    if widgets not in ('auto', 'local', 'cdn', 'none'):
-        raise ValueError(f"widgets must be 'auto', 'local', 'cdn' or 'none', got {widgets!r}")
-    nbs = sorted(p for p in executed_dir.glob('*.ipynb') if not p.name.startswith(('_', '.')))
-    if not nbs: raise FileNotFoundError(f"no executed notebooks (*.ipynb) in {executed_dir}: run `vtd-tour` first")
-    site_dir.mkdir(parents=True, exist_ok=True)
-    js = html_manager_js(cache_dir) if widgets in ('auto', 'local') else None
-    if widgets == 'local' and js is None:
-        raise RuntimeError("widgets='local': the widget manager could not be fetched with npm (see the message above)")
-    if js is not None:
-        dest = site_dir / '_static' / 'html-manager'; dest.mkdir(parents=True, exist_ok=True)
-        for f in js.parent.iterdir():  # embed.js, its licence and the icon fonts it refers to
-            if f.is_file() and not f.name.endswith('.map') and 'amd' not in f.name: shutil.copy2(f, dest / f.name)
-        version = json.loads((js.parent.parent / 'package.json').read_text()).get('version', '?')
-        kind, renderer = 'local', '_static/html-manager/embed.js'
-        note = f"local copy of @jupyter-widgets/html-manager {version} (site/_static/html-manager)"
-    elif widgets in ('auto', 'cdn') and (widgets == 'cdn' or _online()):
-        kind, renderer, note = 'cdn', HTML_MANAGER_CDN, f"loaded from the CDN ({HTML_MANAGER_CDN}): readers need network"
-    else:
-        kind, renderer = 'none', ''
-        note = "NOT available (no npm, offline): widgets in these pages render as empty areas"
-    exporter = HTMLExporter(template_name='lab')
-    exporter.widget_renderer_url = renderer
-    exporter.require_js_url = ''  # the standalone embed.js needs no require.js
-    if kind != 'cdn': exporter.mathjax_url = ''  # offline: TeX stays as source rather than a failed request
-    names = [('home' if p.stem == 'index' else p.stem) + '.html' for p in nbs]
-    summary = {}
-    if (executed_dir / 'summary.json').exists():
-        summary = {r['notebook']: r for r in json.loads((executed_dir / 'summary.json').read_text())}
-    rows = []
-    for i, (p, name) in enumerate(zip(nbs, names)):
-        nb = read_executed_notebook(p)
-        body, _ = exporter.from_notebook_node(nb, resources={'metadata': {'name': p.stem}})
-        body = _lower_ids(_link_pages(body, set(names)))
-        nav = _page_nav(names[i - 1] if i > 0 else None, names[i + 1] if i + 1 < len(names) else None)
-        body = body.replace('<main>', '<main>\n' + nav, 1) if '<main>' in body else body
-        body = body.replace('</head>', _NO_FAVICON + '\n</head>', 1)
-        (site_dir / name).write_text(body, encoding='utf-8')
-        title, desc = notebook_title(nb)
-        run = summary.get(p.name)
-        has_widgets = 'application/vnd.jupyter.widget-state+json' in nb.metadata.get('widgets', {})
-        rows.append((p, name, title, desc, run, has_widgets))
-    trs = []
-    for p, name, title, desc, run, has_widgets in rows:
-        status = '' if run is None else ('<span class="ok">ok</span>' if run['ok'] else
-                                         f'<span class="failed">FAILED</span><br><code>{_esc(run["error"])}</code>')
-        secs = '' if run is None else f"{run['seconds']:.1f}s"
-        res = '' if run is None else '<br>'.join(f"{_esc(k)} = {v:.4g}" if isinstance(v, float) else f"{_esc(k)} = {_esc(v)}"
-                                                 for k, v in run['results'].items())
-        trs.append(f'<tr><td><a href="{_esc(name)}">{_esc(p.stem)}</a></td><td><b>{_esc(title)}</b><br>{_esc(desc)}'
-                   f'{" <span class=note>(widgets)</span>" if has_widgets else ""}</td><td>{status}</td><td>{secs}</td><td>{res}</td></tr>')
-    index = site_dir / 'index.html'
-    index.write_text(f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>vtd: the lessons</title>{_NO_FAVICON}<style>{_SITE_CSS}</style></head>
-<body><main>
-<h1>vtd: visual token diffusion</h1>
-<p>War stories of generative models that failed, reproduced, measured and fixed: the lessons as they ran
-(executed notebooks from <code>{_esc(executed_dir)}</code>).</p>
-<table><tr><th>notebook</th><th>lesson</th><th>status</th><th>time</th><th>results</th></tr>
-{chr(10).join(trs)}
-</table>
-<p class="note">Widgets show the state saved when the notebook ran (they do not recompute here: run the
-notebook in JupyterLab to move them). Widget manager: {_esc(note)}.</p>
-</main></body></html>
-""", encoding='utf-8')
-    if not quiet: print(f"build_site: {len(names)} pages -> {site_dir}/ ; widget manager: {note}")
-    return {'pages': [site_dir / n for n in names], 'index': index, 'widgets': kind, 'widgets_note': note}

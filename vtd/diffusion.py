@@ -12,7 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .prior import Transformer, TransformerConfig
+from .transformer import Transformer, TransformerConfig
 
 # %% auto 0
 __all__ = ['check_time', 'LogLinearSchedule', 'CosineSchedule', 'DiscreteProcess', 'AbsorbingProcess', 'UniformProcess',
@@ -244,11 +244,11 @@ class PatternDenoiser(nn.Module):
         if torch.unique(cell_table, dim=0).shape[0] != V: raise ValueError("the cell table is not injective: two words share a pattern")
         self.vocab_size, self.colors, self.n_cells, self.process_kind = V, colors, n_cells, 'absorbing'
         self.register_buffer('table', cell_table.long())
-        # the input embedding is replaced below, so vocab_size only bounds the ids (and must allow n_out)
-        self.net = Transformer(TransformerConfig(vocab_size=max(V + 1, n_cells * colors), block_size=block_size, n_layer=n_layer,
+        # the pattern embedding is the transformer's input (its hook); vocab_size only bounds the ids (V words + [MASK])
+        self.net = Transformer(TransformerConfig(vocab_size=V + 1, block_size=block_size, n_layer=n_layer,
                                                  n_head=n_head, n_embd=n_embd, dropout=dropout, causal=False, time_cond=time_cond,
-                                                 n_out=n_cells * colors, tie_weights=False, rope=rope))
-        self.net.wte = PatternEmbedding(cell_table, colors, n_embd)  # the same transformer, reading patterns
+                                                 n_out=n_cells * colors, tie_weights=False, rope=rope),
+                               embed=PatternEmbedding(cell_table, colors, n_embd))  # the same transformer, reading patterns
         # 'vocabulary' scores a word by the sum of its cells' log-probabilities: a softmax whose word vectors are
         # the fixed patterns (rank <= 25*(C-1)), which cannot even express word frequencies; a learned bias per
         # word (as any softmax layer has) can, and leaves the free-cell score untouched. Initialised to

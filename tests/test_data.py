@@ -52,7 +52,7 @@ def test_fashion_folder_with_a_bad_file_is_an_error_not_a_fallback(tmp_path, mon
 def test_fashion_missing_without_download_is_clear(tmp_path, monkeypatch):
     monkeypatch.delenv('VTD_DATA', raising=False)
     monkeypatch.setattr('vtd.data.DEBIAN_FASHION_DIR', str(tmp_path / 'nothing'))
-    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    monkeypatch.setenv('VTD_CACHE', str(tmp_path / 'cache'))
     with pytest.raises(FileNotFoundError, match='download=False'):
         load_fashion_mnist(root=tmp_path / 'empty', download=False)
 
@@ -77,11 +77,15 @@ def test_digits_and_patches():
 
 def test_text_corpus_local_and_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv('VTD_DATA', str(tmp_path))
-    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    monkeypatch.setenv('VTD_CACHE', str(tmp_path / 'cache'))
     (tmp_path / 'tiny.txt').write_text('To be, or not to be.')
     assert load_text_corpus('tiny', verbose=False).text.startswith('To be')
-    c = load_text_corpus('not-a-corpus', download=False, verbose=False)
-    assert c.name == 'pydoc' and len(tokenize_words(c.text)) > 50_000
+    # a known corpus that cannot be had (no file, no download) falls back to the embedded text, saying so
+    c = load_text_corpus('tinyshakespeare', download=False, verbose=False)
+    assert c.name == 'pydoc' and 'fallback: tinyshakespeare' in c.source and len(tokenize_words(c.text)) > 50_000
+    # an unknown name is an error that lists the known ones, never a different corpus
+    with pytest.raises(ValueError, match=r"unknown text corpus 'not-a-corpus'.*pydoc.*tinyshakespeare"):
+        load_text_corpus('not-a-corpus', download=False, verbose=False)
     (tmp_path / 'empty.txt').write_text('  ')
     with pytest.raises(DataFileError, match='empty'): load_text_corpus('empty', verbose=False)
     (tmp_path / 'binary.txt').write_bytes(b'\xff\xfe\x00bad')

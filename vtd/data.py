@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .core import cache_root
+
 # %% auto 0
 __all__ = ['FASHION_CLASSES', 'FASHION_FILES', 'FASHION_URL', 'DEBIAN_FASHION_DIR', 'TEXT_URLS', 'ImageData',
            'load_digits_images', 'DataFileError', 'read_idx', 'load_fashion_mnist', 'load_image_data',
@@ -106,8 +108,8 @@ def _download_fashion(dest: Path) -> None:
 def load_fashion_mnist(root: str | Path | None = None, download: bool = True, verbose: bool = True) -> ImageData:
     """The real FashionMNIST (70,000 28x28 images). Looks in `root`, `$VTD_DATA`, `$VTD_DATA/fashion-mnist`,
     Debian's `/usr/share/datasets/fashion-mnist`, then downloads the IDX files (if `download`) to
-    `~/.cache/vtd/fashion-mnist`. Raises `FileNotFoundError` when no source works, `DataFileError` on a bad file."""
-    cache = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'vtd' / 'fashion-mnist'
+    `cache_root()/fashion-mnist`. Raises `FileNotFoundError` when no source works, `DataFileError` on a bad file."""
+    cache = cache_root() / 'fashion-mnist'
     cands = [Path(root)] if root else []
     if os.environ.get('VTD_DATA'): cands += [Path(os.environ['VTD_DATA']), Path(os.environ['VTD_DATA']) / 'fashion-mnist']
     cands += [Path(DEBIAN_FASHION_DIR), cache]
@@ -172,10 +174,12 @@ def _pydoc_corpus() -> str:
     return '\n\n'.join(topics[k] for k in sorted(topics))
 
 def load_text_corpus(name: str = 'tinyshakespeare', download: bool = True, verbose: bool = True) -> TextCorpus:
-    """A text corpus by name: `$VTD_DATA/{name}.txt`, the cache, then a download; offline, the English
-    reference text embedded in Python's `pydoc_data` (name `'pydoc'` asks for it directly)."""
+    """A text corpus by name: `$VTD_DATA/{name}.txt`, the cache, then a download. A known corpus
+    (`TEXT_URLS`) that cannot be had falls back, saying so, to the English reference text embedded in
+    Python's `pydoc_data` (name `'pydoc'` asks for it directly); any other name must be a file in
+    `$VTD_DATA` or the cache, else it is an error listing the known names."""
     if name == 'pydoc': return TextCorpus(_pydoc_corpus(), 'pydoc', "Python's embedded pydoc_data.topics")
-    cache = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'vtd' / f'{name}.txt'
+    cache = cache_root() / 'data' / f'{name}.txt'
     cands = ([Path(os.environ['VTD_DATA']) / f'{name}.txt'] if os.environ.get('VTD_DATA') else []) + [cache]
     for p in cands:
         if p.exists():
@@ -192,6 +196,9 @@ def load_text_corpus(name: str = 'tinyshakespeare', download: bool = True, verbo
                 cache.write_text(text, encoding='utf-8'); c = TextCorpus(text, name, f"downloaded to {cache}")
             except Exception as e:
                 if verbose: print(f"could not download {name} ({type(e).__name__})")
+        if c is None and name not in TEXT_URLS:
+            raise ValueError(f"unknown text corpus {name!r}: known corpora are {sorted([*TEXT_URLS, 'pydoc'])}, "
+                             f"or put {name}.txt in one of {[str(p.parent) for p in cands]}")
         if c is None:
             c = TextCorpus(_pydoc_corpus(), 'pydoc', "Python's embedded pydoc_data.topics (fallback: "
                            f"{name} not found in {[str(p) for p in cands]})")

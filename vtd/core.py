@@ -20,13 +20,17 @@ __all__ = ['CHECKPOINT_FORMAT', 'seed_everything', 'get_device', 'progress', 'ba
 
 # %% ../nbs/00_core.ipynb
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
-    "Seed Python, NumPy and torch; return a CPU `torch.Generator` seeded the same way."
+    """Seed Python, NumPy and torch (every device); return a CPU `torch.Generator` seeded the same way.
+    `deterministic`: PyTorch's deterministic kernels (warning where one has none), cuDNN autotuning off."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic: torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS is deterministic only with a fixed workspace
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.Generator().manual_seed(int(seed))
 
 # %% ../nbs/00_core.ipynb

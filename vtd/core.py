@@ -5,7 +5,7 @@
 # %% ../nbs/00_core.ipynb 3
 from __future__ import annotations
 
-import dataclasses, hashlib, json, math, os, random, sys, tempfile, time
+import dataclasses, hashlib, json, math, os, random, re, sys, tempfile, time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -197,7 +197,8 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, expected_c
     except Exception as e:
         text = str(e)
         if 'Unsupported global' in text:  # a pickled class or function: refused, never executed
-            what = text[text.index('Unsupported global'):].split('.')[0]
+            m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f"a pickled {m.group(1)}" if m else 'a pickled object'
             why = f"it holds pickled objects, refused by weights_only=True loading ({what})"
         else:
             why = f"the file is corrupt or truncated ({type(e).__name__}: {text.strip().splitlines()[-1][:120] if text.strip() else ''})"

@@ -138,6 +138,11 @@ def test_batches_cover_every_row_and_repeat_with_a_seed():
     assert order(0) == order(0) and order(0) != order(1)
     assert sorted(sum(order(0), [])) == list(range(10)) and [len(b) for b in order(0)] == [4, 4, 2]
     (b,) = list(batches(x, batch_size=10, shuffle=False)); assert torch.equal(b, x)  # one tensor: batches are tensors
+    # the order of the hand-written loop, pass after pass: randperm(n, generator=g).split(batch_size)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    loader = batches(x, batch_size=3, generator=g1)
+    for _ in range(3):
+        assert [b.tolist() for b in loader] == [x[i].tolist() for i in torch.randperm(10, generator=g2).split(3)]
     with pytest.raises(ValueError, match='differ in length'): batches(x, y[:3], batch_size=2)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 # %% auto 0
-__all__ = ['CHECKPOINT_FORMAT', 'seed_everything', 'get_device', 'progress', 'batches', 'fit', 'CheckpointError',
+__all__ = ['CHECKPOINT_FORMAT', 'seed_everything', 'get_device', 'progress', 'Permutations', 'batches', 'fit', 'CheckpointError',
            'save_checkpoint', 'load_checkpoint', 'cache_root', 'fingerprint', 'Config', 'cached', 'psnr', 'ssim',
            'show_images', 'live_widget', 'record_results']
 
@@ -65,23 +65,32 @@ def progress(it: Iterable, total: int | None = None, desc: str | None = None, di
     from tqdm.auto import tqdm
     return tqdm(it, total=total, desc=desc, disable=disable, leave=leave, mininterval=1.0)
 
+class Permutations(torch.utils.data.Sampler):
+    """A fresh `torch.randperm` of `n` rows each pass, drawn from `generator`: exactly the order of the
+    hand-written `randperm(n, generator=g).split(batch_size)` loop (`RandomSampler` draws an extra,
+    discarded permutation each pass, so its later epochs differ from that loop)."""
+    def __init__(self, n: int, generator: torch.Generator | None = None): self.n, self.generator = n, generator
+    def __len__(self): return self.n
+    def __iter__(self): return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
 def batches(*tensors: torch.Tensor, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
             drop_last: bool = False) -> torch.utils.data.DataLoader:
     """Mini-batches of `tensors` (same first dimension) as a re-iterable `DataLoader`: a new shuffled order each
     pass, drawn from `generator` (seeded runs repeat). Each batch is one gather per tensor, on whatever device the
     tensors live (put the data on the device once, before this). One tensor gives batches that are tensors,
     several give tuples."""
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
     if not tensors: raise ValueError("batches needs at least one tensor")
     if len({len(t) for t in tensors}) != 1: raise ValueError(f"tensors differ in length: {[len(t) for t in tensors]}")
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ds = TensorDataset(*tensors)
-    order = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
+    order = Permutations(len(ds), generator) if shuffle else SequentialSampler(ds)
     # the sampler yields whole index lists, so a batch is tensor[idx] (one gather), not batch_size lookups + a stack
     return DataLoader(ds, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
                       collate_fn=_one_or_tuple)
 
 def _one_or_tuple(b): return b[0] if len(b) == 1 else b
+
 _bar = progress  # inside fit, whose `progress` flag shadows the name
 
 # %% ../nbs/00_core.ipynb

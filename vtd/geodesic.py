@@ -288,17 +288,56 @@ class KMedoidsResult:
     n_iter: int
     metric: str               # 'graph' or 'euclidean'
 
+def _nearest(X: torch.Tensor, C: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    "Squared Euclidean distance to, and index of, the nearest row of `C` for each row of `X` (chunked, float64 where the device has it)."
+    acc = torch.float32 if X.device.type == 'mps' else torch.float64
+    X, C = X.to(acc), C.to(acc); c2 = (C * C).sum(1); d2s, idx = [], []
+    for i in range(0, len(X), chunk):
+        x = X[i:i + chunk]
+        d2 = ((x * x).sum(1, keepdim=True) - 2 * x @ C.T + c2).clamp_min(0)
+        m, a = d2.min(1); d2s.append(m); idx.append(a)
+    return torch.cat(d2s), torch.cat(idx)
+
+def _assign(X: np.ndarray, medoids: np.ndarray, graph) -> tuple[np.ndarray, np.ndarray]:
+    "Each node's cell and distance to its medoid: one multi-source Dijkstra on `graph`, or Euclidean without one."
+    if graph is not None: return geodesic_voronoi(graph, medoids)
+    d2, lab = _nearest(torch.from_numpy(X), torch.from_numpy(X[medoids]))
+    labels, dist = lab.numpy().astype(np.int64), d2.double().sqrt().numpy()
+    labels[medoids], dist[medoids] = np.arange(len(medoids)), 0.0   # ties: a medoid is in its own cell
+    return labels, dist
+
+# %% ../nbs/05_geodesic.ipynb
 def _best_member(D: np.ndarray, power: float) -> int:
     "Row with the smallest sum of D**power; rows reaching fewer members lose first."
     n_inf = np.isinf(D).sum(1); cost = (np.where(np.isinf(D), 0, D) ** power).sum(1)
     return int(np.lexsort((cost, n_inf))[0])
 
+def _update_medoids(X: np.ndarray, labels: np.ndarray, medoids: np.ndarray, graph, power: float) -> np.ndarray:
+    "Each cell's new medoid: the member with the smallest sum of distances**power to the others, paths kept inside the cell."
+    from scipy.spatial.distance import cdist
+    K = len(medoids)
+    order = np.argsort(labels, kind='stable'); starts = np.searchsorted(labels[order], np.arange(K + 1))
+    if graph is not None:   # keep only edges inside a cell, nodes sorted by cell: each cell is a diagonal block
+        same = labels[graph.indices] == np.repeat(labels, np.diff(graph.indptr))
+        inner = sp.csr_matrix((graph.data * same, graph.indices.copy(), graph.indptr.copy()), shape=graph.shape)
+        inner.eliminate_zeros(); inner = inner[order][:, order].tocsr()
+    new = medoids.copy()
+    for c in range(K):
+        s, e = starts[c], starts[c + 1]
+        if e - s <= 2: continue
+        members = order[s:e]
+        D = (csgraph.shortest_path(inner[s:e, s:e], method='D', directed=False) if graph is not None
+             else cdist(X[members], X[members]))
+        new[c] = members[_best_member(D, power)]
+    return new
+
+# %% ../nbs/05_geodesic.ipynb
 def kmedoids(vectors, K: int, graph=None, max_iter: int = 30, power: float = 2.0, seed: int = 0, init=None) -> KMedoidsResult:
     """Alternating (Voronoi-iteration) k-medoids of `vectors [N, D]`. With `graph` (sparse [N, N] edge lengths):
     geodesic, cells from multi-source Dijkstra, each new medoid the member with the smallest sum of squared
-    path lengths inside its cell. Without: Euclidean. Starts from k-means++ (or `init`), stops when no medoid moves."""
+    path lengths inside its cell. Without: Euclidean. Starts from k-means++ (or `init`), stops when no medoid moves.
+    NumPy/SciPy on the CPU (the vectors are moved there once)."""
     from sklearn.cluster import kmeans_plusplus
-    from scipy.spatial.distance import cdist
     X = np.asarray(torch.as_tensor(vectors, dtype=torch.float32).cpu()); n = len(X)
     if X.ndim != 2: raise ValueError(f"vectors must be [N, D], got {X.shape}")
     if not 1 <= K <= n: raise ValueError(f"K must be in [1, N={n}], got {K}")
@@ -309,38 +348,12 @@ def kmedoids(vectors, K: int, graph=None, max_iter: int = 30, power: float = 2.0
         if graph.shape != (n, n): raise ValueError(f"graph is {graph.shape}, expected ({n}, {n})")
     history = []
     for it in range(1, max_iter + 1):
-        if graph is not None: labels, dist = geodesic_voronoi(graph, medoids)
-        else:
-            d2, lab = _nearest(torch.from_numpy(X), torch.from_numpy(X[medoids]))
-            labels, dist = lab.numpy().astype(np.int64), d2.double().sqrt().numpy()
-            labels[medoids], dist[medoids] = np.arange(K), 0.0   # ties: a medoid is in its own cell
+        labels, dist = _assign(X, medoids, graph)
         reached = labels >= 0; history.append(float((dist[reached] ** power).sum()))
-        order = np.argsort(labels, kind='stable'); starts = np.searchsorted(labels[order], np.arange(K + 1))
-        if graph is not None:   # keep only edges inside a cell, nodes sorted by cell: each cell is a diagonal block
-            same = labels[graph.indices] == np.repeat(labels, np.diff(graph.indptr))
-            inner = sp.csr_matrix((graph.data * same, graph.indices.copy(), graph.indptr.copy()), shape=graph.shape)
-            inner.eliminate_zeros(); inner = inner[order][:, order].tocsr()
-        new = medoids.copy()
-        for c in range(K):
-            s, e = starts[c], starts[c + 1]
-            if e - s <= 2: continue
-            members = order[s:e]
-            D = (csgraph.shortest_path(inner[s:e, s:e], method='D', directed=False) if graph is not None
-                 else cdist(X[members], X[members]))
-            new[c] = members[_best_member(D, power)]
+        new = _update_medoids(X, labels, medoids, graph, power)
         if np.array_equal(new, medoids): break
         medoids = new
     return KMedoidsResult(medoids, labels, dist, history, it, 'graph' if graph is not None else 'euclidean')
-
-def _nearest(X: torch.Tensor, C: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    "Squared Euclidean distance to, and index of, the nearest row of `C` for each row of `X` (chunked, float64 where the device has it)."
-    acc = torch.float32 if X.device.type == 'mps' else torch.float64
-    X, C = X.to(acc), C.to(acc); c2 = (C * C).sum(1); d2s, idx = [], []
-    for i in range(0, len(X), chunk):
-        x = X[i:i + chunk]
-        d2 = ((x * x).sum(1, keepdim=True) - 2 * x @ C.T + c2).clamp_min(0)
-        m, a = d2.min(1); d2s.append(m); idx.append(a)
-    return torch.cat(d2s), torch.cat(idx)
 
 # %% ../nbs/05_geodesic.ipynb
 def fill_unreachable(vectors, medoid_vectors, labels) -> tuple[np.ndarray, int]:

@@ -144,7 +144,7 @@ class IndependentPositions:
 
     def fit(self, grids: CodeGrids) -> 'IndependentPositions':
         counts = torch.zeros(N_POSITIONS, self.K, dtype=torch.float64)
-        counts.scatter_add_(1, grids.codes.T, torch.ones(N_POSITIONS, len(grids), dtype=torch.float64))
+        counts.scatter_add_(1, grids.codes.T.cpu(), torch.ones(N_POSITIONS, len(grids), dtype=torch.float64))
         counts += self.alpha
         self.log_probs = (counts / counts.sum(1, keepdim=True)).log2()
         return self
@@ -152,7 +152,7 @@ class IndependentPositions:
     def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
         "log2 p(codes) per image (bits; the NLL is its negative)."
         if self.log_probs is None: raise RuntimeError("call fit() first")
-        codes = check_codes(codes, self.K)
+        codes = check_codes(codes, self.K).cpu()   # counting runs on the CPU, in float64
         return self.log_probs.gather(1, codes.T).sum(0).float()
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

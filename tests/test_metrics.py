@@ -94,7 +94,7 @@ def test_train_image_classifier_is_cached_and_keyed_by_config_and_data(tmp_path,
     clf = train_image_classifier(data, cfg, progress=False)
     assert 0.5 < clf.test_accuracy <= 1.0 and not clf.training
     assert len(list(tmp_path.rglob('*.pt'))) == 1
-    again = train_image_classifier(data, cfg, progress=False)
+    again = train_image_classifier(data, cfg, device='cpu', progress=False)   # a device name, as get_device takes
     assert all(torch.equal(a, b) for a, b in zip(clf.state_dict().values(), again.state_dict().values()))
     assert again.test_accuracy == clf.test_accuracy and len(list(tmp_path.rglob('*.pt'))) == 1
     train_image_classifier(data, cfg.replace(epochs=1), progress=False)   # another config: another entry

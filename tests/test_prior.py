@@ -153,7 +153,7 @@ def test_get_code_prior_trains_once_then_loads_and_never_loads_another_codebooks
     prior, hist = get_code_prior(gr, cb, 10, cfg, progress=False)
     files = list(tmp_path.rglob('*.pt'))
     assert len(files) == 1 and len(hist['valid']) == 3 and hist['best_epoch'] in (0, 1, 2) and not prior.training
-    again, hist2 = get_code_prior(gr, cb, 10, cfg, progress=False)
+    again, hist2 = get_code_prior(gr, cb, 10, cfg, device='cpu', progress=False)   # a device name, as get_device takes
     assert 'loaded from the cache' in capsys.readouterr().out and hist2['valid'] == hist['valid']
     assert torch.allclose(prior.log_prob(gr['test'].codes, gr['test'].labels), again.log_prob(gr['test'].codes, gr['test'].labels))
     from vtd.geodesic import Codebook  # another codebook of the same K gets its own prior, never this one

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .core import Config, batches, cached, fit, seed_everything
+from .core import Config, batches, cached, fit, get_device, seed_everything
 
 # %% auto 0
 __all__ = ['codebook_usage', 'codebook_perplexity', 'unigram_entropy_bits', 'distinct_n', 'grid_diversity', 'ImageClassifier',
@@ -129,6 +129,7 @@ class ClassifierConfig(Config):
 def train_image_classifier(data, cfg: ClassifierConfig, seed: int = 0, device=None, progress: bool = True) -> ImageClassifier:
     """An `ImageClassifier` trained on `data` (a `vtd.data.ImageData`) with `cfg`, in eval mode on `device`, with
     `.test_accuracy` set (on all of `data`'s test images). Cached through `vtd.core.cached`."""
+    device = None if device is None else get_device(device)   # 'auto' or a name, as vtd.core.get_device takes
     n = min(cfg.n_train or len(data.x_train), len(data.x_train))
     x, y = data.x_train[:n], data.y_train[:n]
     build = lambda: ImageClassifier(x.shape[1], len(data.classes), cfg.width, cfg.n_features)

@@ -14,7 +14,8 @@ from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .core import CheckpointError, Config, batches, cached, fingerprint, fit, load_checkpoint, save_checkpoint, seed_everything
+from .core import (CheckpointError, Config, batches, cached, fingerprint, fit, get_device, load_checkpoint,
+                      save_checkpoint, seed_everything)
 from .transformer import Transformer, TransformerConfig, generate, sample_logits
 
 # %% auto 0
@@ -260,7 +261,7 @@ def train_prior(train: CodeGrids, valid: CodeGrids, cfg: PriorConfig, n_classes:
                 progress: bool = True, desc: str = 'prior') -> tuple:
     """Train a `CodePrior` of `cfg`'s shape on `train` grids (class-conditional when `n_classes` > 0) on `device`;
     keep the epoch with the lowest held-out bits per image on `valid` (small data overfits). Returns `(prior, history)`."""
-    seed_everything(seed); device = device or 'cpu'
+    seed_everything(seed); device = get_device(device or 'cpu')
     prior = CodePrior(train.K, n_classes=n_classes, p_uncond=cfg.p_uncond, **cfg.model).to(device)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(prior.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
@@ -304,6 +305,7 @@ def get_code_prior(grids: dict, codebook, n_classes: int, cfg: PriorConfig, seed
     """`train_prior` with `cfg` on `grids` (from `image_code_grids`), through `vtd.core.cached`: keyed by `cfg`, the
     grids and labels, the codebook's signature, `n_classes` and `seed`, so a second call loads it. Returns
     `(prior, history)` with the prior in eval mode on `device` (history: loss and held-out bits per epoch, the best epoch)."""
+    device = None if device is None else get_device(device)   # 'auto' or a name, as vtd.core.get_device takes
     def make():
         prior, hist = train_prior(grids['train'], grids['valid'], cfg, n_classes, seed, device, progress, desc)
         return {**{f'weights.{k}': v for k, v in prior.state_dict().items()},

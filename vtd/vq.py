@@ -236,13 +236,13 @@ def lookup(self: VectorQuantizer, indices: torch.Tensor) -> torch.Tensor:
     return self.codebook[indices.long()]
 
 @patch
-@torch.no_grad()
 def set_codebook(self: VectorQuantizer, codebook: torch.Tensor):
     "Replace the codes by `codebook [codebook_size, dim]`; resets the EMA statistics and the dead-code counters."
     cb = _as_codebook(codebook, self.codebook_size, self.dim).to(self.codebook.device)
-    self.codebook.data.copy_(cb)
-    if self.ema: self.ema_count.fill_(1.0); self.ema_sum.copy_(cb)
-    self.steps_unused.zero_()
+    with torch.no_grad():
+        self.codebook.data.copy_(cb)
+        if self.ema: self.ema_count.fill_(1.0); self.ema_sum.copy_(cb)
+        self.steps_unused.zero_()
     return self
 
 # %% ../nbs/03_vq.ipynb
@@ -305,7 +305,9 @@ def vqvae_loss(x, x_recon, z, z_q_hard, beta: float = 0.25):
     codebook = F.mse_loss(z_q_hard, z.detach())    # moves codes, never the encoder
     commitment = F.mse_loss(z, z_q_hard.detach())  # moves the encoder, never the codes
     total = recon + codebook + beta * commitment
-    return total, {'recon': recon.item(), 'codebook': codebook.item(), 'commitment': commitment.item(), 'total': total.item()}
+    return total, {name: _value(t) for name, t in (('recon', recon), ('codebook', codebook), ('commitment', commitment), ('total', total))}
+
+def _value(t: torch.Tensor) -> float: return float('nan') if t.is_meta else t.item()   # a meta tensor has no value
 
 # %% ../nbs/03_vq.ipynb
 def rotation_trick(e: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vtd.vq import (GaussianDataset, PCAEncoder, PCADecoder, VQConfig, VQVAE, VectorQuantizer, codebook_perplexity,
-                    codebook_usage, evaluate_vqvae, gaussian_rate_distortion, nearest_code, pca_basis, rd_gaussian_init,
-                    rotation_trick, train_vqvae, vqvae_loss, water_level)
+from vtd.metrics import codebook_perplexity, codebook_usage
+from vtd.vq import (GaussianDataset, PCAEncoder, PCADecoder, VQConfig, VQVAE, VectorQuantizer, evaluate_vqvae,
+                    gaussian_rate_distortion, nearest_code, pca_basis, rd_gaussian_init, rotation_trick, train_vqvae,
+                    vqvae_loss, water_level)
 
 
 @pytest.fixture(scope='module')
@@ -206,6 +207,8 @@ def test_nearest_code_is_the_brute_force_argmin():
     idx, d2 = nearest_code(z, cb)
     brute = ((z[:, None] - cb[None]) ** 2).sum(-1)
     assert torch.equal(idx, brute.argmin(1)) and torch.allclose(d2, brute.min(1).values, atol=1e-5)
+    i2, d22 = nearest_code(z.double(), cb.double(), chunk=64)                  # chunked, in float64: the same answer
+    assert torch.equal(i2, idx) and d22.dtype == torch.float64 and torch.allclose(d22.float(), d2, atol=1e-5)
 
 
 def test_info_losses_are_on_the_hard_codes_and_options_keep_the_return_shape():

@@ -13,12 +13,14 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from fastcore.basics import patch
+
 from .core import Config
 from .vq import VectorQuantizer
 
 # %% auto 0
-__all__ = ['FractalConfig', 'assemble_patches', 'patch_mean', 'affine_maps', 'ifs_hits', 'ifs_coverage', 'render_ifs',
-           'patch_encoder', 'FractalTokenizer', 'render_ifs_soft', 'photo_correlation_z', 'best_random_ifs',
+__all__ = ['FractalConfig', 'assemble_patches', 'patch_mean', 'affine_maps', 'ifs_hits', 'render_ifs', 'ifs_coverage',
+           'patch_encoder', 'FractalTokenizer', 'photo_correlation_z', 'render_ifs_soft', 'best_random_ifs',
            'optimise_ifs', 'kmeans_codebook', 'PatchMLPDecoderVQ', 'GridRefiner', 'SpatialConvVQ', 'kmeans_blocks',
            'kmeans_reconstruct', 'perceptual_loss_status', 'perceptual_loss']
 
@@ -72,6 +74,7 @@ def _check_maps(maps):
     if not maps.is_floating_point(): raise TypeError(f"IFS maps must be floating point, got {maps.dtype}")
     if not maps.is_meta and not torch.isfinite(maps).all(): raise ValueError("IFS maps contain NaN or inf")
 
+# %% ../nbs/02_fractal.ipynb
 def _chaos_points(maps, n_points, n_steps, burn_in, generator):
     "Yield `(points [N, P, 2], map_index [N, P])` after each chaos-game step past the burn-in."
     N, M = maps.shape[:2]
@@ -100,6 +103,14 @@ def ifs_hits(maps: torch.Tensor, size: int = 8, n_points: int = 500, n_steps: in
             buf.scatter_add_(1, idx, inside.float())
     return buf.view(N, size, size)
 
+def render_ifs(maps: torch.Tensor, size: int = 8, n_points: int = 500, n_steps: int = 20, burn_in: int = 5,
+               gamma: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:
+    "The seed's renderer: hit counts / their max, to the power `gamma`; grayscale `[N, 1, size, size]` in [0, 1]."
+    hits = ifs_hits(maps, size, n_points, n_steps, burn_in, generator)
+    peak = hits.flatten(1).max(1).values.clamp_min(1.0)[:, None, None]
+    return (hits / peak).pow(gamma)[:, None]
+
+# %% ../nbs/02_fractal.ipynb
 def ifs_coverage(maps: torch.Tensor, size: int, checkpoints: list[int], n_points: int = 500, burn_in: int = 5,
                  generator: torch.Generator | None = None) -> list[float]:
     "Fraction of pixels never hit after each number of chaos-game steps in `checkpoints` (one run, counted as it goes)."
@@ -115,13 +126,6 @@ def ifs_coverage(maps: torch.Tensor, size: int, checkpoints: list[int], n_points
             hit.view(-1)[flat[inside]] = True
             if step in wanted: out.append(1 - hit.float().mean().item())
     return out
-
-def render_ifs(maps: torch.Tensor, size: int = 8, n_points: int = 500, n_steps: int = 20, burn_in: int = 5,
-               gamma: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:
-    "The seed's renderer: hit counts / their max, to the power `gamma`; grayscale `[N, 1, size, size]` in [0, 1]."
-    hits = ifs_hits(maps, size, n_points, n_steps, burn_in, generator)
-    peak = hits.flatten(1).max(1).values.clamp_min(1.0)[:, None, None]
-    return (hits / peak).pow(gamma)[:, None]
 
 # %% ../nbs/02_fractal.ipynb
 def _check_patches(x, patch_size, channels=3):
@@ -172,27 +176,41 @@ class FractalTokenizer(nn.Module):
         maps = affine_maps(raw[..., :6])
         return (maps, torch.sigmoid(raw[..., 6:])) if self.color else (maps, None)
 
-    def decode_random(self, ids, generator: torch.Generator | None = None):
-        "The seed's decoder: `torch.randn(3, p, p)` for every token. The token is looked up and then ignored."
-        _ = self.quantizer.lookup(ids)  # the seed fetches the code ... and never uses it
-        dev = generator.device if generator is not None else ids.device
-        return torch.randn(len(ids), 3, self.patch_size, self.patch_size, generator=generator, device=dev).to(ids.device)
+# %% ../nbs/02_fractal.ipynb
+def photo_correlation_z(decoded: torch.Tensor, target: torch.Tensor) -> float:
+    "z-score `r * sqrt(N)` of the correlation between decoded and true values over all N pixels; about N(0, 1) for output independent of the photo."
+    if decoded.shape != target.shape: raise ValueError(f"shapes differ: {tuple(decoded.shape)} vs {tuple(target.shape)}")
+    a, b = decoded.detach().flatten().double(), target.detach().flatten().double()
+    r = torch.corrcoef(torch.stack([a, b]))[0, 1]
+    return float(r * math.sqrt(len(a)))
 
-    def render(self, ids=None, codes=None, generator: torch.Generator | None = None):
-        "IFS render of tokens `ids` (or of codes `[N, D]`): grayscale hard render, or soft colour render when `color`."
-        if codes is None: codes = self.quantizer.lookup(ids)
-        maps, colors = self.maps_from_codes(codes)
-        if self.color:
-            return render_ifs_soft(maps, colors, size=self.patch_size, n_points=self.n_points, n_steps=self.n_steps,
-                                   gamma=self.gamma, generator=generator)
-        return render_ifs(maps, self.patch_size, self.n_points, self.n_steps, gamma=self.gamma, generator=generator)
+# %% ../nbs/02_fractal.ipynb
+@patch
+def decode_random(self: FractalTokenizer, ids, generator: torch.Generator | None = None):
+    "The seed's decoder: `torch.randn(3, p, p)` for every token. The token is looked up and then ignored."
+    _ = self.quantizer.lookup(ids)  # the seed fetches the code ... and never uses it
+    dev = generator.device if generator is not None else ids.device
+    return torch.randn(len(ids), 3, self.patch_size, self.patch_size, generator=generator, device=dev).to(ids.device)
 
-    def render_loss(self, x, generator=None):
-        "The seed's M-step objective: MSE(render, photo) + codebook + commitment losses; returns `(loss, parts)`."
-        _check_patches(x, self.patch_size)
-        z_q, ids, info = self.quantizer(self.encoder(x))
-        rendered = self.render(codes=z_q, generator=generator)
-        return _parts(F.mse_loss(rendered.expand_as(x), x), info, self.quantizer.beta)
+# %% ../nbs/02_fractal.ipynb
+@patch
+def render(self: FractalTokenizer, ids=None, codes=None, generator: torch.Generator | None = None):
+    "IFS render of tokens `ids` (or of codes `[N, D]`): grayscale hard render, or soft colour render when `color`."
+    if codes is None: codes = self.quantizer.lookup(ids)
+    maps, colors = self.maps_from_codes(codes)
+    if self.color:
+        return render_ifs_soft(maps, colors, size=self.patch_size, n_points=self.n_points, n_steps=self.n_steps,
+                               gamma=self.gamma, generator=generator)
+    return render_ifs(maps, self.patch_size, self.n_points, self.n_steps, gamma=self.gamma, generator=generator)
+
+
+@patch
+def render_loss(self: FractalTokenizer, x, generator=None):
+    "The seed's M-step objective: MSE(render, photo) + codebook + commitment losses; returns `(loss, parts)`."
+    _check_patches(x, self.patch_size)
+    z_q, ids, info = self.quantizer(self.encoder(x))
+    rendered = self.render(codes=z_q, generator=generator)
+    return _parts(F.mse_loss(rendered.expand_as(x), x), info, self.quantizer.beta)
 
 # %% ../nbs/02_fractal.ipynb
 def render_ifs_soft(maps: torch.Tensor, colors: torch.Tensor | None = None, size: int = 8, n_points: int = 500,
@@ -224,14 +242,6 @@ def render_ifs_soft(maps: torch.Tensor, colors: torch.Tensor | None = None, size
     if paint is None: return density.view(N, 1, size, size)
     mean_color = paint / hits[:, None].clamp_min(eps)
     return (mean_color * density[:, None]).clamp(0, 1).view(N, 3, size, size)
-
-# %% ../nbs/02_fractal.ipynb
-def photo_correlation_z(decoded: torch.Tensor, target: torch.Tensor) -> float:
-    "z-score `r * sqrt(N)` of the correlation between decoded and true values over all N pixels; about N(0, 1) for output independent of the photo."
-    if decoded.shape != target.shape: raise ValueError(f"shapes differ: {tuple(decoded.shape)} vs {tuple(target.shape)}")
-    a, b = decoded.detach().flatten().double(), target.detach().flatten().double()
-    r = torch.corrcoef(torch.stack([a, b]))[0, 1]
-    return float(r * math.sqrt(len(a)))
 
 # %% ../nbs/02_fractal.ipynb
 def best_random_ifs(targets: torch.Tensor, k: int = 256, n_maps: int = 4, n_steps: int = 20, seed: int = 0,

@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 from .core import Config
+from .metrics import codebook_perplexity, codebook_usage
 
 # %% auto 0
 __all__ = ['VQConfig', 'GaussianDataset', 'water_level', 'gaussian_rate_distortion', 'PCAEncoder', 'PCADecoder', 'pca_basis',
-           'nearest_code', 'VectorQuantizer', 'codebook_usage', 'codebook_perplexity', 'vqvae_loss', 'rotation_trick',
-           'VQVAE', 'rd_gaussian_init', 'evaluate_vqvae', 'train_vqvae']
+           'nearest_code', 'VectorQuantizer', 'vqvae_loss', 'rotation_trick', 'VQVAE', 'rd_gaussian_init',
+           'evaluate_vqvae', 'train_vqvae']
 
 # %% ../nbs/03_vq.ipynb
 @dataclass(frozen=True)
@@ -139,9 +140,13 @@ def pca_basis(x: torch.Tensor, k: int):
     return evecs[:, order].to(x.dtype).to(x.device), evals[order].clamp_min(0).to(x.dtype).to(x.device)
 
 # %% ../nbs/03_vq.ipynb
-def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "The one nearest-code search: for each row of `z [n, dim]`, the index of the nearest row of `codebook [K, dim]` and its squared distance."
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one nearest-code search: for each row of `z [n, dim]`, the index of the nearest row of `codebook [K, dim]`
+    and its squared distance (both in one floating dtype); `chunk` rows at a time if given (bounds the `[chunk, K]` matrix)."""
     z, cb = z.detach(), codebook.detach()
+    if chunk is not None and len(z) > chunk:
+        parts = [nearest_code(z[i:i + chunk], cb) for i in range(0, len(z), chunk)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     d2 = z.pow(2).sum(1, keepdim=True) - 2 * z @ cb.T + cb.pow(2).sum(1)[None]  # one matrix product, no [n, K, dim] tensor
     d2, idx = d2.min(1)
     return idx, d2.clamp_min(0)
@@ -253,22 +258,14 @@ def _check_indices(indices: torch.Tensor, codebook_size: int):
         raise IndexError(f"code index out of range: got values in [{indices.min().item()}, {indices.max().item()}], "
                          f"the codebook has {codebook_size} codes (valid: 0..{codebook_size - 1})")
 
-def codebook_usage(indices: torch.Tensor, codebook_size: int) -> float:
-    "Fraction of the `codebook_size` codes used at least once in `indices`."
-    _check_indices(indices, codebook_size)
-    return torch.bincount(indices.flatten().long(), minlength=codebook_size).gt(0).float().mean().item()
-
-def codebook_perplexity(indices: torch.Tensor, codebook_size: int) -> float:
-    "exp(entropy) of the code-use histogram: `codebook_size` for uniform use, 1 for a collapsed codebook."
-    _check_indices(indices, codebook_size)
-    p = torch.bincount(indices.flatten().long(), minlength=codebook_size).double()
-    p = p[p > 0] / p.sum().clamp_min(1)
-    return math.exp(-(p * p.log()).sum().item())
-
 @patch
-def usage(self: VectorQuantizer, indices): return codebook_usage(indices, self.codebook_size)
+def usage(self: VectorQuantizer, indices):
+    "Fraction of this codebook's codes used in `indices` (`vtd.metrics.codebook_usage`)."
+    return codebook_usage(indices, self.codebook_size)
 @patch
-def perplexity(self: VectorQuantizer, indices): return codebook_perplexity(indices, self.codebook_size)
+def perplexity(self: VectorQuantizer, indices):
+    "exp(entropy) of this codebook's use in `indices` (`vtd.metrics.codebook_perplexity`)."
+    return codebook_perplexity(indices, self.codebook_size)
 
 # %% ../nbs/03_vq.ipynb
 @patch

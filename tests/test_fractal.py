@@ -1,10 +1,14 @@
-"""vtd.fractal: the IFS renderers, the seed's random decoder, the straight-through quantizer, the decoders' shapes and errors."""
+"""vtd.fractal: the IFS renderers, the seed's random decoder, the tokenizers built on vtd.vq.VectorQuantizer, shapes, errors, devices."""
 import pytest
 import torch
 
-from vtd.fractal import (FractalTokenizer, PatchMLPDecoderVQ, SpatialConvVQ, affine_maps, assemble_patches,
-                         ifs_hits, kmeans_reconstruct, perceptual_loss_status, render_ifs, render_ifs_soft,
-                         vector_quantize)
+from vtd.fractal import (FractalConfig, FractalTokenizer, PatchMLPDecoderVQ, SpatialConvVQ, affine_maps, assemble_patches,
+                         ifs_hits, kmeans_reconstruct, perceptual_loss_status, photo_correlation_z, render_ifs,
+                         render_ifs_soft)
+from vtd.vq import VectorQuantizer
+
+
+def _q(dim=32, size=512, **kw): return VectorQuantizer(dim, size, init='normal', **kw)
 
 
 def _maps(n=3, m=4, seed=0):
@@ -44,7 +48,7 @@ def test_soft_render_shapes_range_and_gradients():
 
 
 def test_hard_render_gives_the_maps_no_gradient():
-    tok = FractalTokenizer(n_steps=3, n_points=50)
+    tok = FractalTokenizer(_q(), n_steps=3, n_points=50)
     x = torch.rand(4, 3, 8, 8)
     loss, parts = tok.render_loss(x)
     loss.backward()
@@ -52,46 +56,29 @@ def test_hard_render_gives_the_maps_no_gradient():
     assert set(parts) == {'recon', 'codebook', 'commit'}
 
 
-def test_random_decoder_ignores_its_token():
-    tok = FractalTokenizer()
-    a = tok.decode_random(torch.tensor([0, 1, 2]), generator=torch.Generator().manual_seed(0))
-    b = tok.decode_random(torch.tensor([511, 300, 7]), generator=torch.Generator().manual_seed(0))
-    assert a.shape == (3, 3, 8, 8) and torch.equal(a, b)
-
-
-def test_straight_through_estimator_gradients():
-    torch.manual_seed(0)
-    z = torch.randn(6, 4, requires_grad=True)
-    codebook = torch.randn(10, 4, requires_grad=True)
-    z_q, ids, cb_loss, cm_loss = vector_quantize(z, codebook, beta=0.25)
-    assert torch.allclose(z_q, codebook[ids])                       # forward: the codes' values
-    w = torch.randn(6, 4)
-    (z_q * w).sum().backward(retain_graph=True)
-    assert torch.allclose(z.grad, w)                               # backward: identity to the encoder
-    assert codebook.grad is None or codebook.grad.abs().sum() == 0  # ... and nothing to the codebook
-    z.grad = None
-    cb_loss.backward(retain_graph=True)
-    assert z.grad is None or z.grad.abs().sum() == 0                # codebook loss moves only the codebook
-    used = ids.unique()
-    expected = torch.zeros(10, 4)
-    for i in range(6): expected[ids[i]] += 2 * (codebook[ids[i]] - z[i]).detach() / z.numel()
-    assert torch.allclose(codebook.grad, expected, atol=1e-6)      # on the hard codes, only used rows
-    assert (codebook.grad[[i for i in range(10) if i not in used.tolist()]] == 0).all()
-    codebook.grad = None
-    cm_loss.backward()
-    assert codebook.grad is None or codebook.grad.abs().sum() == 0  # commitment moves only the encoder
-    assert torch.allclose(z.grad, 0.25 * 2 * (z - codebook[ids]).detach() / z.numel(), atol=1e-6)
+def test_random_decoder_output_is_uncorrelated_with_the_photo_and_the_check_can_fail():
+    # issue 17.15: comparing two calls with different ids restates how decode_random is written; this measures the claim
+    tok = FractalTokenizer(_q())
+    g = torch.Generator().manual_seed(0)
+    patches = torch.rand(400, 3, 8, 8, generator=g) ** 2
+    ids = tok.encode(patches)
+    noise = tok.decode_random(ids, generator=torch.Generator().manual_seed(1))
+    assert noise.shape == patches.shape and abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
+    assert abs(photo_correlation_z(noise.clamp(0, 1), patches)) < 4
+    # a decoder that reads its patch (here: the patch itself, hidden under the same noise) fails the same check
+    assert photo_correlation_z((noise + patches).clamp(0, 1), patches) > 4
+    with pytest.raises(ValueError, match='shapes differ'): photo_correlation_z(noise[:3], patches)
 
 
 def test_decoder_output_shapes():
-    mlp = PatchMLPDecoderVQ(num_tokens=16)
+    mlp = PatchMLPDecoderVQ(_q(32, 16))
     x = torch.rand(5, 3, 8, 8)
-    recon, ids, cb, cm = mlp(x)
+    recon, ids, info = mlp(x)
     assert recon.shape == x.shape and ids.shape == (5,) and mlp.decode(ids).shape == (5, 3, 8, 8)
     assert abs(mlp.bits_per_pixel - 4 / 64) < 1e-12
     loss, parts = mlp.loss(x); loss.backward()
     for stride in (4, 8):
-        sp = SpatialConvVQ(stride=stride, num_tokens=16, width=8, n_res=1)
+        sp = SpatialConvVQ(_q(3 * stride * stride, 16), stride=stride, width=8, n_res=1)
         imgs = torch.rand(2, 3, 32, 32)
         grid = sp.encode(imgs)
         assert grid.shape == (2, 32 // stride, 32 // stride)
@@ -102,12 +89,12 @@ def test_decoder_output_shapes():
 
 def test_spatial_model_starts_as_kmeans_on_blocks():
     torch.manual_seed(0)
-    sp = SpatialConvVQ(stride=4, num_tokens=8, width=8, n_res=1)
+    sp = SpatialConvVQ(_q(48, 8), stride=4, width=8, n_res=1)
     imgs = torch.rand(4, 3, 16, 16)
     sp.init_codebook(imgs, max_iter=5)
     class KM:  # the spatial model's own codebook, viewed as a k-means model on 4x4 blocks
-        cluster_centers_ = (sp.codebook.detach().view(8, 3, 4, 4) + 0.5).flatten(1).numpy()
-        def predict(self, x): return torch.cdist(torch.tensor(x) - 0.5, sp.codebook.detach()).argmin(1).numpy()
+        cluster_centers_ = (sp.quantizer.codebook.detach().view(8, 3, 4, 4) + 0.5).flatten(1).numpy()
+        def predict(self, x): return torch.cdist(torch.tensor(x) - 0.5, sp.quantizer.codebook.detach()).argmin(1).numpy()
     with torch.no_grad():
         assert torch.allclose(sp.decode(sp.encode(imgs)), kmeans_reconstruct(KM(), imgs).clamp(0, 1), atol=1e-5)
 
@@ -120,19 +107,20 @@ def test_assemble_patches_inverts_photo_patches():
 
 
 def test_bad_inputs_are_named():
-    tok = FractalTokenizer()
+    tok = FractalTokenizer(_q())
     with pytest.raises(ValueError, match=r'\[N, M, 2, 3\]'): render_ifs(torch.rand(3, 4, 6))
     with pytest.raises(ValueError, match='NaN'): render_ifs(torch.full((1, 2, 2, 3), float('nan')))
     with pytest.raises(TypeError, match='floating'): render_ifs(torch.zeros(1, 2, 2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match='n_steps'): render_ifs(_maps(), n_steps=0)
-    with pytest.raises(ValueError, match=r'in \[0, 512\)'): tok.decode_random(torch.tensor([0, 512]))
+    with pytest.raises(IndexError, match='out of range'): tok.decode_random(torch.tensor([0, 512]))
     with pytest.raises(TypeError, match='integer'): tok.render(torch.tensor([0.5]))
     with pytest.raises(ValueError, match=r'\[N, 3, 8, 8\]'): tok.encode(torch.rand(2, 3, 16, 16))
     with pytest.raises(ValueError, match='NaN'): tok.encode(torch.full((2, 3, 8, 8), float('nan')))
-    mlp = PatchMLPDecoderVQ(num_tokens=16)
-    with pytest.raises(ValueError, match=r'in \[0, 16\)'): mlp.decode(torch.tensor([-1]))
-    with pytest.raises(ValueError, match='multiple of the stride'): SpatialConvVQ(stride=4).encode(torch.rand(1, 3, 30, 32))
-    with pytest.raises(ValueError, match='z \\[M, D\\]'): vector_quantize(torch.rand(3, 4), torch.rand(5, 3))
+    mlp = PatchMLPDecoderVQ(_q(32, 16))
+    with pytest.raises(IndexError, match='out of range'): mlp.decode(torch.tensor([-1]))
+    with pytest.raises(ValueError, match='multiple of the stride'): SpatialConvVQ(_q(48)).encode(torch.rand(1, 3, 30, 32))
+    with pytest.raises(ValueError, match='dim 32'): SpatialConvVQ(_q(32), stride=4)
+    with pytest.raises(TypeError, match='floating point'): mlp.encode(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match='colors'): render_ifs_soft(_maps(2, 3), torch.rand(2, 4, 3))
 
 
@@ -148,3 +136,30 @@ def test_coverage_counts_match_the_hit_buffer():
     for steps, frac in zip([2, 7], cov):
         hits = ifs_hits(maps, 16, n_points=100, n_steps=steps, generator=torch.Generator().manual_seed(3))
         assert abs(frac - (hits == 0).float().mean().item()) < 1e-6
+
+
+def test_config_presets():
+    s, f = FractalConfig.smoke(), FractalConfig.full()
+    assert FractalConfig.preset(True) == s and FractalConfig.preset(False) == f == FractalConfig()
+    assert all(getattr(s, k) <= getattr(f, k) for k in ('ifs_epochs', 'mlp_epochs', 'conv_epochs', 'best_random_k', 'kmeans_iter'))
+    assert 100 in s.coverage_steps and 100 in f.coverage_steps
+
+
+def test_models_forward_and_losses_on_the_meta_device():
+    # built on meta, run outside the `with`: a tensor created on the CPU inside a forward pass, loss or render fails loudly
+    with torch.device('meta'):
+        patches, images = torch.empty(6, 3, 8, 8), torch.empty(2, 3, 16, 16)
+        tok = FractalTokenizer(_q(32, 16), n_points=20, n_steps=2)
+        ctok = FractalTokenizer(_q(32, 16), n_points=20, n_steps=2, color=True)
+        mlp = PatchMLPDecoderVQ(_q(32, 16, dead_code_after=2))
+        sp = SpatialConvVQ(_q(48, 16, dead_code_after=2), stride=4, width=8, n_res=1)
+        maps, colors = affine_maps(torch.empty(3, 4, 6)), torch.empty(3, 4, 3)
+    for train in (True, False):
+        for m in (tok, ctok, mlp, sp): m.train(train)
+        for t in (tok, ctok):
+            loss, _ = t.render_loss(patches); ids = t.encode(patches)
+            assert loss.is_meta and t.render(ids).is_meta and t.decode_random(ids).is_meta
+        loss, _ = mlp.loss(patches); assert loss.is_meta and mlp(patches)[0].is_meta and mlp.decode(mlp.encode(patches)).is_meta
+        loss, _ = sp.loss(images); assert loss.is_meta and sp(images)[0].is_meta and sp.decode(sp.encode(images)).is_meta
+        loss.backward()
+    assert render_ifs(maps, n_steps=2).is_meta and render_ifs_soft(maps, colors, n_steps=2).is_meta

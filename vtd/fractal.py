@@ -6,17 +6,43 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from fastcore.basics import patch
+
+from .core import Config
+from .vq import VectorQuantizer
+
 # %% auto 0
-__all__ = ['assemble_patches', 'patch_mean', 'affine_maps', 'ifs_hits', 'ifs_coverage', 'render_ifs', 'vector_quantize',
-           'patch_encoder', 'FractalTokenizer', 'render_ifs_soft', 'best_random_ifs', 'optimise_ifs', 'kmeans_codebook',
-           'revive_dead_codes', 'PatchMLPDecoderVQ', 'GridRefiner', 'SpatialConvVQ', 'kmeans_blocks',
+__all__ = ['FractalConfig', 'assemble_patches', 'patch_mean', 'affine_maps', 'ifs_hits', 'render_ifs', 'ifs_coverage',
+           'patch_encoder', 'FractalTokenizer', 'photo_correlation_z', 'render_ifs_soft', 'best_random_ifs',
+           'optimise_ifs', 'kmeans_codebook', 'PatchMLPDecoderVQ', 'GridRefiner', 'SpatialConvVQ', 'kmeans_blocks',
            'kmeans_reconstruct', 'perceptual_loss_status', 'perceptual_loss']
+
+# %% ../nbs/02_fractal.ipynb
+@dataclass(frozen=True)
+class FractalConfig(Config):
+    "Budget of this lesson: epochs, chaos-game steps, search sizes and k-means passes."
+    ifs_epochs: int = 8         # epochs of the broken render objective
+    ifs_train_n: int = 6656     # training patches the broken pipeline sees
+    ifs_steps: int = 20         # chaos-game steps of 500 points each, per render
+    best_n_patches: int = 128   # patches whose IFS maps we optimise directly
+    best_adam_steps: int = 200  # Adam steps of that direct optimisation
+    best_random_k: int = 512    # random map sets tried per patch (derivative-free)
+    mlp_epochs: int = 30        # per-patch MLP decoder
+    conv_epochs: int = 40       # spatial conv models
+    color_epochs: int = 8       # colour IFS through the tokenizer
+    kmeans_iter: int = 100      # MiniBatchKMeans passes
+    coverage_steps: tuple = (1, 2, 5, 10, 20, 50, 100, 200, 400)  # chaos-game steps at which coverage is counted
+    @classmethod
+    def smoke(cls):
+        return cls(ifs_epochs=2, ifs_train_n=1024, ifs_steps=10, best_n_patches=16, best_adam_steps=30, best_random_k=64,
+                   mlp_epochs=3, conv_epochs=2, color_epochs=2, kmeans_iter=20, coverage_steps=(1, 2, 5, 10, 20, 50, 100, 200))
 
 # %% ../nbs/02_fractal.ipynb
 def assemble_patches(patches: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -46,8 +72,9 @@ def _check_maps(maps):
     if not isinstance(maps, torch.Tensor) or maps.ndim != 4 or maps.shape[-2:] != (2, 3):
         raise ValueError(f"IFS maps must be a tensor [N, M, 2, 3], got {getattr(maps, 'shape', type(maps))}")
     if not maps.is_floating_point(): raise TypeError(f"IFS maps must be floating point, got {maps.dtype}")
-    if not torch.isfinite(maps).all(): raise ValueError("IFS maps contain NaN or inf")
+    if not maps.is_meta and not torch.isfinite(maps).all(): raise ValueError("IFS maps contain NaN or inf")
 
+# %% ../nbs/02_fractal.ipynb
 def _chaos_points(maps, n_points, n_steps, burn_in, generator):
     "Yield `(points [N, P, 2], map_index [N, P])` after each chaos-game step past the burn-in."
     N, M = maps.shape[:2]
@@ -76,6 +103,14 @@ def ifs_hits(maps: torch.Tensor, size: int = 8, n_points: int = 500, n_steps: in
             buf.scatter_add_(1, idx, inside.float())
     return buf.view(N, size, size)
 
+def render_ifs(maps: torch.Tensor, size: int = 8, n_points: int = 500, n_steps: int = 20, burn_in: int = 5,
+               gamma: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:
+    "The seed's renderer: hit counts / their max, to the power `gamma`; grayscale `[N, 1, size, size]` in [0, 1]."
+    hits = ifs_hits(maps, size, n_points, n_steps, burn_in, generator)
+    peak = hits.flatten(1).max(1).values.clamp_min(1.0)[:, None, None]
+    return (hits / peak).pow(gamma)[:, None]
+
+# %% ../nbs/02_fractal.ipynb
 def ifs_coverage(maps: torch.Tensor, size: int, checkpoints: list[int], n_points: int = 500, burn_in: int = 5,
                  generator: torch.Generator | None = None) -> list[float]:
     "Fraction of pixels never hit after each number of chaos-game steps in `checkpoints` (one run, counted as it goes)."
@@ -92,41 +127,18 @@ def ifs_coverage(maps: torch.Tensor, size: int, checkpoints: list[int], n_points
             if step in wanted: out.append(1 - hit.float().mean().item())
     return out
 
-def render_ifs(maps: torch.Tensor, size: int = 8, n_points: int = 500, n_steps: int = 20, burn_in: int = 5,
-               gamma: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:
-    "The seed's renderer: hit counts / their max, to the power `gamma`; grayscale `[N, 1, size, size]` in [0, 1]."
-    hits = ifs_hits(maps, size, n_points, n_steps, burn_in, generator)
-    peak = hits.flatten(1).max(1).values.clamp_min(1.0)[:, None, None]
-    return (hits / peak).pow(gamma)[:, None]
-
 # %% ../nbs/02_fractal.ipynb
-def vector_quantize(z: torch.Tensor, codebook: torch.Tensor, beta: float = 0.25):
-    """Nearest-code quantization of `z [M, D]` with `codebook [K, D]`.
-
-    Returns `(z_q, ids, codebook_loss, commitment_loss)`: `z_q` has the codes' values and passes
-    gradients straight through to `z`; the codebook loss (on the hard codes) moves only the codebook,
-    the commitment loss (times `beta`) moves only `z`."""
-    if z.ndim != 2 or codebook.ndim != 2 or z.shape[1] != codebook.shape[1]:
-        raise ValueError(f"vector_quantize expects z [M, D] and codebook [K, D]; got {tuple(z.shape)} and {tuple(codebook.shape)}")
-    if not torch.isfinite(z).all(): raise ValueError("vector_quantize: the encoder output contains NaN or inf")
-    ids = torch.cdist(z.detach(), codebook.detach()).argmin(1)
-    e = codebook[ids]                                  # the hard codes: gradients reach the codebook rows
-    codebook_loss = F.mse_loss(e, z.detach())
-    commitment_loss = beta * F.mse_loss(z, e.detach())
-    z_q = z + (e - z).detach()                         # value e, gradient d/dz = identity
-    return z_q, ids, codebook_loss, commitment_loss
-
 def _check_patches(x, patch_size, channels=3):
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != channels or x.shape[-2:] != (patch_size, patch_size):
         raise ValueError(f"expected patches [N, {channels}, {patch_size}, {patch_size}], got {tuple(getattr(x, 'shape', ()))}")
     if not x.is_floating_point(): raise TypeError(f"patches must be floating point in [0, 1], got {x.dtype}")
-    if not torch.isfinite(x).all(): raise ValueError("patches contain NaN or inf")
+    if not x.is_meta and not torch.isfinite(x).all(): raise ValueError("patches contain NaN or inf")
 
-def _check_ids(ids, K):
-    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"token ids must be an integer tensor, got {getattr(ids, 'dtype', type(ids))}")
-    if ids.numel() and (ids.min() < 0 or ids.max() >= K):
-        raise ValueError(f"token ids must be in [0, {K}), got values in [{int(ids.min())}, {int(ids.max())}]")
+def _parts(rec, info, beta):
+    "Reconstruction + codebook + beta * commitment, and the parts as floats."
+    cm = beta * info['commitment_loss']
+    value = lambda t: float('nan') if t.is_meta else t.item()   # a meta tensor has no value
+    return rec + info['codebook_loss'] + cm, {'recon': value(rec), 'codebook': value(info['codebook_loss']), 'commit': value(cm)}
 
 # %% ../nbs/02_fractal.ipynb
 def patch_encoder(latent_dim: int, in_channels: int = 3) -> nn.Sequential:
@@ -138,26 +150,25 @@ def patch_encoder(latent_dim: int, in_channels: int = 3) -> nn.Sequential:
         nn.AdaptiveAvgPool2d(1), nn.Flatten())      # all spatial structure averaged away
 
 class FractalTokenizer(nn.Module):
-    """The seed's tokenizer, runnable: CNN encoder -> one code per 8x8 patch -> (a) `decode_random`,
-    `torch.randn` noise whatever the token; (b) `render`, an IFS chaos-game render of affine maps made
-    from the code. `color=True` is the seed's "option 3": each map also gets a learnable colour and
-    the render is soft-splatted so gradients reach the maps (`render_ifs_soft`)."""
-    def __init__(self, patch_size: int = 8, latent_dim: int = 32, num_tokens: int = 512, n_maps: int = 4,
-                 n_points: int = 500, n_steps: int = 20, gamma: float = 0.7, color: bool = False):
+    """The seed's tokenizer, runnable: CNN encoder -> `quantizer` (one code per 8x8 patch) -> (a) `decode_random`,
+    `torch.randn` noise whatever the token; (b) `render`, an IFS chaos-game render of affine maps made from the code.
+    `color=True` is seed 001's "solution needed" for its issue 2 (no colour): each map also gets a learnable colour
+    and the render is soft-splatted so gradients reach the maps (`render_ifs_soft`)."""
+    def __init__(self, quantizer: VectorQuantizer, patch_size: int = 8, n_maps: int = 4, n_points: int = 500,
+                 n_steps: int = 20, gamma: float = 0.7, color: bool = False):
         super().__init__()
         if patch_size < 4: raise ValueError(f"patch_size must be >= 4, got {patch_size}")
-        if num_tokens < 2 or latent_dim < 1 or n_maps < 1: raise ValueError("need num_tokens >= 2, latent_dim >= 1, n_maps >= 1")
-        self.config = dict(patch_size=patch_size, latent_dim=latent_dim, num_tokens=num_tokens, n_maps=n_maps,
-                           n_points=n_points, n_steps=n_steps, gamma=gamma, color=color)
-        self.patch_size, self.num_tokens, self.n_maps, self.color = patch_size, num_tokens, n_maps, color
-        self.encoder = patch_encoder(latent_dim)
-        self.codebook = nn.Parameter(torch.randn(num_tokens, latent_dim))
-        self.generator = nn.Linear(latent_dim, n_maps * (9 if color else 6))   # 6 affine numbers (+3 colour) a map
+        if n_maps < 1: raise ValueError(f"need n_maps >= 1, got {n_maps}")
+        self.patch_size, self.n_maps, self.color = patch_size, n_maps, color
+        self.n_points, self.n_steps, self.gamma = n_points, n_steps, gamma
+        self.encoder = patch_encoder(quantizer.dim)
+        self.quantizer = quantizer
+        self.generator = nn.Linear(quantizer.dim, n_maps * (9 if color else 6))   # 6 affine numbers (+3 colour) a map
 
     def encode(self, x):
-        "Patches `[N, 3, p, p]` -> `(z_q, ids, codebook_loss, commitment_loss)`."
+        "Patches `[N, 3, p, p]` -> token ids `[N]`."
         _check_patches(x, self.patch_size)
-        return vector_quantize(self.encoder(x), self.codebook)
+        return self.quantizer.encode(self.encoder(x))
 
     def maps_from_codes(self, codes):
         "Codes `[N, D]` -> IFS maps `[N, n_maps, 2, 3]` (and colours `[N, n_maps, 3]` when `color`)."
@@ -165,29 +176,41 @@ class FractalTokenizer(nn.Module):
         maps = affine_maps(raw[..., :6])
         return (maps, torch.sigmoid(raw[..., 6:])) if self.color else (maps, None)
 
-    def decode_random(self, ids, generator: torch.Generator | None = None):
-        "The seed's decoder: `torch.randn(3, p, p)` for every token. The token is looked up and then ignored."
-        _check_ids(ids, self.num_tokens)
-        _ = self.codebook[ids]  # the seed fetches the code ... and never uses it
-        return torch.randn(len(ids), 3, self.patch_size, self.patch_size, generator=generator)
+# %% ../nbs/02_fractal.ipynb
+def photo_correlation_z(decoded: torch.Tensor, target: torch.Tensor) -> float:
+    "z-score `r * sqrt(N)` of the correlation between decoded and true values over all N pixels; about N(0, 1) for output independent of the photo."
+    if decoded.shape != target.shape: raise ValueError(f"shapes differ: {tuple(decoded.shape)} vs {tuple(target.shape)}")
+    a, b = decoded.detach().flatten().double(), target.detach().flatten().double()
+    r = torch.corrcoef(torch.stack([a, b]))[0, 1]
+    return float(r * math.sqrt(len(a)))
 
-    def render(self, ids=None, codes=None, generator: torch.Generator | None = None):
-        "IFS render of tokens `ids` (or of codes `[N, D]`): grayscale hard render, or soft colour render when `color`."
-        if codes is None:
-            _check_ids(ids, self.num_tokens); codes = self.codebook[ids]
-        maps, colors = self.maps_from_codes(codes)
-        c = self.config
-        if self.color:
-            return render_ifs_soft(maps, colors, size=self.patch_size, n_points=c['n_points'], n_steps=c['n_steps'],
-                                   gamma=c['gamma'], generator=generator)
-        return render_ifs(maps, self.patch_size, c['n_points'], c['n_steps'], gamma=c['gamma'], generator=generator)
+# %% ../nbs/02_fractal.ipynb
+@patch
+def decode_random(self: FractalTokenizer, ids, generator: torch.Generator | None = None):
+    "The seed's decoder: `torch.randn(3, p, p)` for every token. The token is looked up and then ignored."
+    _ = self.quantizer.lookup(ids)  # the seed fetches the code ... and never uses it
+    dev = generator.device if generator is not None else ids.device
+    return torch.randn(len(ids), 3, self.patch_size, self.patch_size, generator=generator, device=dev).to(ids.device)
 
-    def render_loss(self, x, generator=None):
-        "The seed's M-step objective: MSE(render, photo) + codebook + commitment losses; returns `(loss, parts)`."
-        z_q, ids, cb, cm = self.encode(x)
-        rendered = self.render(codes=z_q, generator=generator)
-        rec = F.mse_loss(rendered.expand_as(x), x)
-        return rec + cb + cm, {'recon': rec.item(), 'codebook': cb.item(), 'commit': cm.item()}
+# %% ../nbs/02_fractal.ipynb
+@patch
+def render(self: FractalTokenizer, ids=None, codes=None, generator: torch.Generator | None = None):
+    "IFS render of tokens `ids` (or of codes `[N, D]`): grayscale hard render, or soft colour render when `color`."
+    if codes is None: codes = self.quantizer.lookup(ids)
+    maps, colors = self.maps_from_codes(codes)
+    if self.color:
+        return render_ifs_soft(maps, colors, size=self.patch_size, n_points=self.n_points, n_steps=self.n_steps,
+                               gamma=self.gamma, generator=generator)
+    return render_ifs(maps, self.patch_size, self.n_points, self.n_steps, gamma=self.gamma, generator=generator)
+
+
+@patch
+def render_loss(self: FractalTokenizer, x, generator=None):
+    "The seed's M-step objective: MSE(render, photo) + codebook + commitment losses; returns `(loss, parts)`."
+    _check_patches(x, self.patch_size)
+    z_q, ids, info = self.quantizer(self.encoder(x))
+    rendered = self.render(codes=z_q, generator=generator)
+    return _parts(F.mse_loss(rendered.expand_as(x), x), info, self.quantizer.beta)
 
 # %% ../nbs/02_fractal.ipynb
 def render_ifs_soft(maps: torch.Tensor, colors: torch.Tensor | None = None, size: int = 8, n_points: int = 500,
@@ -197,7 +220,7 @@ def render_ifs_soft(maps: torch.Tensor, colors: torch.Tensor | None = None, size
     `colors [N, M, 3]` (in [0, 1]) gives each map a colour; without it the render is grayscale like `render_ifs`."""
     _check_maps(maps)
     N, M = maps.shape[:2]
-    if colors is not None and (colors.shape != (N, M, 3) or not torch.isfinite(colors).all()):
+    if colors is not None and (colors.shape != (N, M, 3) or (not colors.is_meta and not torch.isfinite(colors).all())):
         raise ValueError(f"colors must be finite [N, M, 3] = [{N}, {M}, 3], got {tuple(colors.shape)}")
     hits = maps.new_zeros(N, size * size)
     paint = maps.new_zeros(N, 3, size * size) if colors is not None else None
@@ -225,11 +248,13 @@ def best_random_ifs(targets: torch.Tensor, k: int = 256, n_maps: int = 4, n_step
                     chunk: int = 64):
     "Derivative-free search: for each target `[N, C, p, p]`, the best of `k` random IFS map sets under `render_ifs`. Returns `(raw_params [N, n_maps, 6], mse [N])`."
     N, C, p, _ = targets.shape
-    g = torch.Generator().manual_seed(seed)
-    best_mse, best_raw = torch.full((N,), math.inf), torch.zeros(N, n_maps, 6)
+    dev = targets.device
+    g = torch.Generator(dev).manual_seed(seed)
+    best_mse, best_raw = torch.full((N,), math.inf, device=dev), torch.zeros(N, n_maps, 6, device=dev)
+    spread = torch.tensor([1, 1, 1, 1, 1.5, 1.5], device=dev)
     for start in range(0, k, chunk):
         kk = min(chunk, k - start)
-        raw = torch.randn(N, kk, n_maps, 6, generator=g) * torch.tensor([1, 1, 1, 1, 1.5, 1.5])
+        raw = torch.randn(N, kk, n_maps, 6, generator=g, device=dev) * spread
         r = render_ifs(affine_maps(raw).flatten(0, 1), p, n_steps=n_steps, generator=g).view(N, kk, 1, p, p)
         mse = ((r - targets[:, None]) ** 2).flatten(2).mean(2)       # [N, kk]
         m, j = mse.min(1)
@@ -243,9 +268,9 @@ def optimise_ifs(targets: torch.Tensor, init_raw: torch.Tensor, steps: int = 200
     (with a learnable colour per map when `color`). Returns `(raw, colors or None, soft_mse [N])`."""
     N, C, p, _ = targets.shape
     raw = init_raw.clone().requires_grad_(True)
-    col_logit = torch.zeros(N, raw.shape[1], 3, requires_grad=True) if color else None
+    col_logit = torch.zeros(N, raw.shape[1], 3, device=targets.device, requires_grad=True) if color else None
     opt = torch.optim.Adam([raw] + ([col_logit] if color else []), lr=lr)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(targets.device).manual_seed(seed)
     for _ in range(steps):
         r = render_ifs_soft(affine_maps(raw), torch.sigmoid(col_logit) if color else None, p, n_steps=n_steps, generator=g)
         loss = ((r - targets) ** 2).flatten(1).mean(1)
@@ -257,72 +282,52 @@ def optimise_ifs(targets: torch.Tensor, init_raw: torch.Tensor, steps: int = 200
 
 # %% ../nbs/02_fractal.ipynb
 def kmeans_codebook(latents: torch.Tensor, k: int, seed: int = 0, max_iter: int = 50) -> torch.Tensor:
-    "`k` k-means centroids (scikit-learn MiniBatchKMeans) of `latents [M, D]`; used to start codebooks with every code alive."
+    "`k` k-means centroids (scikit-learn MiniBatchKMeans, on the CPU) of `latents [M, D]`, on their device: a codebook start with every code alive."
     from sklearn.cluster import MiniBatchKMeans
     if latents.ndim != 2 or len(latents) < k:
         raise ValueError(f"need at least k={k} latent vectors [M, D], got {tuple(latents.shape)}")
     km = MiniBatchKMeans(k, random_state=seed, batch_size=4096, n_init=1, max_iter=max_iter).fit(latents.detach().cpu().numpy())
-    return torch.tensor(km.cluster_centers_, dtype=torch.float32)
+    return torch.tensor(km.cluster_centers_, dtype=torch.float32).to(latents.device)
 
-def revive_dead_codes(model: nn.Module, z: torch.Tensor, ids: torch.Tensor, steps: int) -> int:
-    """Count which codes `model` used (`ids`); every `model.revive_every` training steps, move each code
-    unused since the last check onto a random encoder output from `z [M, D]`. Returns the new step count."""
-    with torch.no_grad():
-        model.code_usage += torch.bincount(ids.flatten(), minlength=model.num_tokens).float()
-        steps += 1
-        if model.revive_every and steps % model.revive_every == 0:
-            dead = (model.code_usage == 0).nonzero().squeeze(1)
-            if len(dead):
-                pick = torch.randint(len(z), (len(dead),), device=z.device)
-                model.codebook.data[dead] = z[pick] + 0.01 * z.std() * torch.randn_like(z[pick])
-            model.code_usage.zero_()
-    return steps
-
+# %% ../nbs/02_fractal.ipynb
 class PatchMLPDecoderVQ(nn.Module):
-    "The fixed FractalTokenizer: the seed's encoder, a 512-entry codebook and a learned MLP decoder, one code per patch."
-    def __init__(self, patch_size: int = 8, latent_dim: int = 32, num_tokens: int = 512, beta: float = 0.25,
-                 revive_every: int = 10):
+    "The fixed FractalTokenizer: the seed's encoder, a `quantizer` (512 codes here) and a learned MLP decoder, one code per patch."
+    def __init__(self, quantizer: VectorQuantizer, patch_size: int = 8):
         super().__init__()
         if patch_size < 4: raise ValueError(f"patch_size must be >= 4, got {patch_size}")
-        self.config = dict(patch_size=patch_size, latent_dim=latent_dim, num_tokens=num_tokens, beta=beta, revive_every=revive_every)
-        self.patch_size, self.num_tokens, self.beta, self.revive_every = patch_size, num_tokens, beta, revive_every
-        self.register_buffer('code_usage', torch.zeros(num_tokens)); self._steps = 0
-        self.encoder = patch_encoder(latent_dim)
-        self.codebook = nn.Parameter(torch.randn(num_tokens, latent_dim))
+        self.patch_size, D = patch_size, quantizer.dim
+        self.encoder = patch_encoder(D)
+        self.quantizer = quantizer
         self.decoder = nn.Sequential(                     # the seed's proposed decoder
-            nn.Linear(latent_dim, latent_dim * 2), nn.LayerNorm(latent_dim * 2), nn.ReLU(),
-            nn.Linear(latent_dim * 2, 3 * patch_size * patch_size), nn.Sigmoid())
+            nn.Linear(D, D * 2), nn.LayerNorm(D * 2), nn.ReLU(),
+            nn.Linear(D * 2, 3 * patch_size * patch_size), nn.Sigmoid())
 
     @property
-    def bits_per_pixel(self): return math.log2(self.num_tokens) / self.patch_size ** 2
+    def bits_per_pixel(self): return math.log2(self.quantizer.codebook_size) / self.patch_size ** 2
 
     def init_codebook(self, x, seed=0):
         "Start the codebook at k-means centroids of the encoder's outputs on patches `x`."
-        with torch.no_grad(): self.codebook.data = kmeans_codebook(self.encoder(x), self.num_tokens, seed)
+        with torch.no_grad(): self.quantizer.set_codebook(kmeans_codebook(self.encoder(x), self.quantizer.codebook_size, seed))
 
     def encode(self, x):
         "Patches `[N, 3, p, p]` -> token ids `[N]`."
         _check_patches(x, self.patch_size)
-        return vector_quantize(self.encoder(x), self.codebook, self.beta)[1]
+        return self.quantizer.encode(self.encoder(x))
 
     def decode(self, ids):
         "Token ids `[N]` -> patches `[N, 3, p, p]` in [0, 1]."
-        _check_ids(ids, self.num_tokens)
-        return self.decoder(self.codebook[ids]).view(-1, 3, self.patch_size, self.patch_size)
+        return self.decoder(self.quantizer.lookup(ids)).view(-1, 3, self.patch_size, self.patch_size)
 
     def forward(self, x):
+        "Patches -> `(reconstruction, ids, info)` (`info` from the quantizer); in training mode the quantizer restarts dead codes."
         _check_patches(x, self.patch_size)
-        z_q, ids, cb, cm = vector_quantize(self.encoder(x), self.codebook, self.beta)
-        return self.decoder(z_q).view_as(x), ids, cb, cm
+        z_q, ids, info = self.quantizer(self.encoder(x))
+        return self.decoder(z_q).view_as(x), ids, info
 
     def loss(self, x):
-        "Reconstruction + codebook + commitment; returns `(loss, parts)`. Revives dead codes while training."
-        _check_patches(x, self.patch_size)
-        z = self.encoder(x)
-        z_q, ids, cb, cm = vector_quantize(z, self.codebook, self.beta)
-        if self.training: self._steps = revive_dead_codes(self, z.detach(), ids, self._steps)
-        rec = F.mse_loss(self.decoder(z_q).view_as(x), x)
-        return rec + cb + cm, {'recon': rec.item(), 'codebook': cb.item(), 'commit': cm.item()}
+        "Reconstruction + codebook + commitment; returns `(loss, parts)`."
+        recon, _, info = self(x)
+        return _parts(F.mse_loss(recon, x), info, self.quantizer.beta)
 
 # %% ../nbs/02_fractal.ipynb
 class _Residual(nn.Module):
@@ -340,78 +345,69 @@ class GridRefiner(nn.Module):
         nn.init.zeros_(self.f[-1].weight); nn.init.zeros_(self.f[-1].bias)
     def forward(self, x): return x + self.f(x)
 
+# %% ../nbs/02_fractal.ipynb
 class SpatialConvVQ(nn.Module):
-    """Conv encoder/decoder over whole images with a grid of codes, one token (of `num_tokens`) per
-    `stride x stride` pixels. The latent of a grid cell is its block of pixels (`PixelUnshuffle`) plus
-    a learned conv correction, the decoder is a learned conv correction plus `PixelShuffle`; both
-    corrections start at zero, so with a k-means codebook (`init_codebook`) the untrained model *is*
-    k-means on blocks, and training can only add what k-means lacks: context across block edges."""
-    def __init__(self, stride: int = 4, num_tokens: int = 512, width: int = 64, n_res: int = 2, beta: float = 0.25,
-                 revive_every: int = 50):
+    """Conv encoder/decoder over whole images with a grid of codes, one token per `stride x stride` pixels, quantized
+    by `quantizer` (of dim 3 * stride**2). The latent of a grid cell is its block of pixels (`PixelUnshuffle`) plus
+    a learned conv correction, the decoder is a learned conv correction plus `PixelShuffle`; both corrections
+    start at zero, so with a k-means codebook (`init_codebook`) the untrained model *is* k-means on blocks,
+    and training can only add what k-means lacks: context across block edges."""
+    def __init__(self, quantizer: VectorQuantizer, stride: int = 4, width: int = 64, n_res: int = 2):
         super().__init__()
-        if stride < 1 or num_tokens < 2: raise ValueError(f"need stride >= 1 and num_tokens >= 2, got {stride}, {num_tokens}")
-        self.config = dict(stride=stride, num_tokens=num_tokens, width=width, n_res=n_res, beta=beta, revive_every=revive_every)
-        self.stride, self.num_tokens, self.beta, self.revive_every = stride, num_tokens, beta, revive_every
-        self.latent_dim = D = 3 * stride * stride
-        self.encoder = nn.Sequential(nn.PixelUnshuffle(stride), GridRefiner(D, width, n_res))
-        self.decoder = nn.Sequential(GridRefiner(D, width, n_res), nn.PixelShuffle(stride))
-        self.codebook = nn.Parameter(torch.randn(num_tokens, D))
-        self.register_buffer('code_usage', torch.zeros(num_tokens)); self._steps = 0
+        if stride < 1: raise ValueError(f"need stride >= 1, got {stride}")
+        self.stride, self.latent_dim = stride, 3 * stride * stride
+        if quantizer.dim != self.latent_dim:
+            raise ValueError(f"SpatialConvVQ(stride={stride}) quantizes {self.latent_dim}-dim latents (3 x {stride} x {stride}); "
+                             f"the quantizer has dim {quantizer.dim}")
+        self.encoder = nn.Sequential(nn.PixelUnshuffle(stride), GridRefiner(self.latent_dim, width, n_res))
+        self.decoder = nn.Sequential(GridRefiner(self.latent_dim, width, n_res), nn.PixelShuffle(stride))
+        self.quantizer = quantizer
 
     @property
-    def bits_per_pixel(self): return math.log2(self.num_tokens) / self.stride ** 2
+    def bits_per_pixel(self): return math.log2(self.quantizer.codebook_size) / self.stride ** 2
 
     def _check(self, x):
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images [N, 3, H, W], got {tuple(getattr(x, 'shape', ()))}")
         if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the stride {self.stride}")
-        if not torch.isfinite(x).all(): raise ValueError("images contain NaN or inf")
+        if not x.is_meta and not torch.isfinite(x).all(): raise ValueError("images contain NaN or inf")
 
     def latents(self, x):
         "Images -> continuous latents `[N, D, H/stride, W/stride]`."
         self._check(x); return self.encoder(x - 0.5)
 
-    def _quantize(self, z):
-        N, D, h, w = z.shape
-        z_q, ids, cb, cm = vector_quantize(z.permute(0, 2, 3, 1).reshape(-1, D), self.codebook, self.beta)
-        return z_q.view(N, h, w, D).permute(0, 3, 1, 2), ids.view(N, h, w), cb, cm
-
     def init_codebook(self, x, seed=0, max_iter=100):
         "Start the codebook at k-means centroids of the encoder's outputs on images `x`."
         with torch.no_grad():
             z = self.latents(x).permute(0, 2, 3, 1).reshape(-1, self.latent_dim)
-            self.codebook.data = kmeans_codebook(z, self.num_tokens, seed, max_iter)
+            self.quantizer.set_codebook(kmeans_codebook(z, self.quantizer.codebook_size, seed, max_iter))
 
     def encode(self, x):
         "Images `[N, 3, H, W]` -> token grid `[N, H/stride, W/stride]`."
-        return self._quantize(self.latents(x))[1]
+        return self.quantizer.encode(self.latents(x).permute(0, 2, 3, 1))
 
     def decode(self, ids):
         "Token grid `[N, h, w]` -> images `[N, 3, h*stride, w*stride]` in [0, 1]."
-        _check_ids(ids, self.num_tokens)
         if ids.ndim != 3: raise ValueError(f"decode expects a token grid [N, h, w], got {tuple(ids.shape)}")
-        return (self.decoder(self.codebook[ids].permute(0, 3, 1, 2)) + 0.5).clamp(0, 1)
+        return (self.decoder(self.quantizer.lookup(ids).permute(0, 3, 1, 2)) + 0.5).clamp(0, 1)
 
     def forward(self, x):
-        "Images -> `(reconstruction, token grid, codebook_loss, commitment_loss)`."
-        z_q, ids, cb, cm = self._quantize(self.latents(x))
-        return self.decoder(z_q) + 0.5, ids, cb, cm
+        "Images -> `(reconstruction, token grid, info)`; in training mode the quantizer restarts dead codes."
+        z_q, ids, info = self.quantizer(self.latents(x).permute(0, 2, 3, 1))
+        return self.decoder(z_q.permute(0, 3, 1, 2)) + 0.5, ids, info
 
     def loss(self, x):
-        "Reconstruction + codebook + commitment; returns `(loss, parts)`. Revives dead codes while training."
-        z = self.latents(x)
-        z_q, ids, cb, cm = self._quantize(z)
-        if self.training: self._steps = revive_dead_codes(self, z.detach().permute(0, 2, 3, 1).flatten(0, 2), ids, self._steps)
-        rec = F.mse_loss(self.decoder(z_q) + 0.5, x)
-        return rec + cb + cm, {'recon': rec.item(), 'codebook': cb.item(), 'commit': cm.item()}
+        "Reconstruction + codebook + commitment; returns `(loss, parts)`."
+        recon, _, info = self(x)
+        return _parts(F.mse_loss(recon, x), info, self.quantizer.beta)
 
 # %% ../nbs/02_fractal.ipynb
 def kmeans_blocks(train: torch.Tensor, k: int = 512, block: int = 4, seed: int = 0, max_iter: int = 100):
     "Fit k-means (MiniBatchKMeans) to the `block x block` colour blocks of images `train`; returns the fitted model."
     from sklearn.cluster import MiniBatchKMeans
     from vtd.data import photo_patches
-    x = photo_patches(block, train).flatten(1).numpy()
+    x = photo_patches(block, train).flatten(1).cpu().numpy()
     return MiniBatchKMeans(k, random_state=seed, batch_size=4096, n_init=1, max_iter=max_iter).fit(x)
 
 def kmeans_reconstruct(km, images: torch.Tensor, block: int = 4) -> torch.Tensor:
@@ -419,8 +415,8 @@ def kmeans_reconstruct(km, images: torch.Tensor, block: int = 4) -> torch.Tensor
     from vtd.data import photo_patches
     N, C, H, W = images.shape
     if H % block or W % block: raise ValueError(f"image size {(H, W)} is not a multiple of the block size {block}")
-    x = photo_patches(block, images).flatten(1).numpy()
-    rec = torch.tensor(km.cluster_centers_[km.predict(x)], dtype=torch.float32).view(-1, C, block, block)
+    x = photo_patches(block, images).flatten(1).cpu().numpy()
+    rec = torch.tensor(km.cluster_centers_[km.predict(x)], dtype=torch.float32).view(-1, C, block, block).to(images.device)
     return assemble_patches(rec, H // block, W // block)
 
 # %% ../nbs/02_fractal.ipynb

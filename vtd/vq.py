@@ -6,19 +6,36 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
+
+from .core import Config
+from .metrics import codebook_perplexity, codebook_usage
 
 # %% auto 0
-__all__ = ['GaussianDataset', 'water_level', 'gaussian_rate_distortion', 'PCAEncoder', 'PCADecoder', 'pca_basis',
-           'codebook_usage', 'codebook_perplexity', 'VectorQuantizer', 'vqvae_loss', 'rotation_trick',
-           'RotationQuantizer', 'VQVAE', 'rd_gaussian_init', 'evaluate_vqvae', 'train_vqvae']
+__all__ = ['VQConfig', 'GaussianDataset', 'water_level', 'gaussian_rate_distortion', 'PCAEncoder', 'PCADecoder', 'pca_basis',
+           'nearest_code', 'VectorQuantizer', 'vqvae_loss', 'rotation_trick', 'VQVAE', 'rd_gaussian_init',
+           'evaluate_vqvae', 'train_vqvae']
+
+# %% ../nbs/03_vq.ipynb
+@dataclass(frozen=True)
+class VQConfig(Config):
+    "Budget of this lesson: training and held-out vectors, optimiser steps per run, steps between evaluations, steps per widget redraw."
+    n_train: int = 50_000
+    n_test: int = 20_000
+    train_steps: int = 3_000
+    eval_every: int = 150
+    widget_steps: int = 400
+    @classmethod
+    def smoke(cls): return cls(n_train=8_000, n_test=4_000, train_steps=300, eval_every=50, widget_steps=150)
 
 # %% ../nbs/03_vq.ipynb
 def _check_finite(t: torch.Tensor, name: str):
-    if not torch.isfinite(t).all():
+    if not t.is_meta and not torch.isfinite(t).all():  # a value check: skipped on the meta device (no data)
         raise ValueError(f"{name} contains NaN or inf ({(~torch.isfinite(t)).sum().item()} entries)")
 
 def _check_width(t: torch.Tensor, width: int, name: str, what: str = 'latent'):
@@ -27,23 +44,25 @@ def _check_width(t: torch.Tensor, width: int, name: str, what: str = 'latent'):
 
 # %% ../nbs/03_vq.ipynb
 class GaussianDataset(torch.utils.data.Dataset):
-    "Zero-mean Gaussian vectors in R^d on a random k-dimensional subspace with known eigenvalues."
+    """Zero-mean Gaussian vectors in R^d on a random k-dimensional subspace with known eigenvalues.
+    Drawn on the CPU from one seeded generator (the same numbers on every machine), then kept on `device`."""
     def __init__(self, d: int = 64, k: int = 8, n_samples: int = 10_000, seed: int = 0,
-                 eigenvalues=None, decay: float = 0.7):
+                 eigenvalues=None, decay: float = 0.7, device=None):
         if not 1 <= k <= d: raise ValueError(f"need 1 <= k <= d, got d={d}, k={k}")
         if n_samples < 1: raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        self.d, self.k, self.seed = d, k, seed
+        self.d, self.k, self.seed, self.device = d, k, seed, torch.device(device or 'cpu')
         lam = decay ** torch.arange(k, dtype=torch.float32) if eigenvalues is None else torch.as_tensor(eigenvalues, dtype=torch.float32)
         if lam.shape != (k,) or not torch.isfinite(lam).all() or (lam <= 0).any():
             raise ValueError(f"eigenvalues must be {k} positive finite numbers, got {lam.tolist()}")
-        self.eigenvalues = lam
+        self.eigenvalues = lam  # stays on the CPU: the bound is arithmetic on k numbers
         self.generator = torch.Generator().manual_seed(seed)
-        self.U_k = torch.linalg.qr(torch.randn(d, k, generator=self.generator)).Q  # [d, k], orthonormal columns
+        self._U = torch.linalg.qr(torch.randn(d, k, generator=self.generator)).Q  # [d, k], orthonormal columns
+        self.U_k = self._U.to(self.device)
         self.X = self.sample(n_samples)
 
     def sample(self, n: int) -> torch.Tensor:
-        "`n` fresh vectors `[n, d]` from the same source (same subspace and eigenvalues)."
-        return (torch.randn(n, self.k, generator=self.generator) * self.eigenvalues.sqrt()) @ self.U_k.T
+        "`n` fresh vectors `[n, d]` from the same source (same subspace and eigenvalues), on `device`."
+        return ((torch.randn(n, self.k, generator=self.generator) * self.eigenvalues.sqrt()) @ self._U.T).to(self.device)
 
     def __len__(self): return len(self.X)
     def __getitem__(self, i): return self.X[i]
@@ -51,7 +70,7 @@ class GaussianDataset(torch.utils.data.Dataset):
     def get_initialization_batch(self, n: int, seed: int = 0) -> torch.Tensor:
         "A random subset of `n` training vectors `[n, d]` (for data-dependent initialisation)."
         if not 1 <= n <= len(self.X): raise ValueError(f"n must be in [1, {len(self.X)}], got {n}")
-        return self.X[torch.randperm(len(self.X), generator=torch.Generator().manual_seed(seed))[:n]]
+        return self.X[torch.randperm(len(self.X), generator=torch.Generator().manual_seed(seed))[:n].to(self.device)]
 
 # %% ../nbs/03_vq.ipynb
 def water_level(eigenvalues, rate: float) -> float:
@@ -114,112 +133,162 @@ def pca_basis(x: torch.Tensor, k: int):
     if x.ndim != 2: raise ValueError(f"pca_basis expects data [n, d], got shape {tuple(x.shape)}")
     _check_finite(x, 'pca_basis data')
     if not 1 <= k <= x.shape[1]: raise ValueError(f"k must be in [1, {x.shape[1]}], got {k}")
-    xc = x.double() - x.double().mean(0)
+    xd = x.detach().cpu().double()  # float64 on the CPU (MPS has none): a k x k eigenproblem, moved once
+    xc = xd - xd.mean(0)
     evals, evecs = torch.linalg.eigh(xc.T @ xc / max(len(x) - 1, 1))
     order = evals.argsort(descending=True)[:k]
-    return evecs[:, order].to(x.dtype), evals[order].clamp_min(0).to(x.dtype)
+    return evecs[:, order].to(x.dtype).to(x.device), evals[order].clamp_min(0).to(x.dtype).to(x.device)
 
 # %% ../nbs/03_vq.ipynb
-def _check_indices(indices: torch.Tensor, num_codes: int):
-    if indices.dtype.is_floating_point or indices.dtype == torch.bool:
-        raise TypeError(f"code indices must be integers, got {indices.dtype}")
-    if indices.numel() and (indices.min() < 0 or indices.max() >= num_codes):
-        raise IndexError(f"code index out of range: got values in [{indices.min().item()}, {indices.max().item()}], "
-                         f"the codebook has {num_codes} codes (valid: 0..{num_codes - 1})")
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one nearest-code search: for each row of `z [n, dim]`, the index of the nearest row of `codebook [K, dim]`
+    and its squared distance (both in one floating dtype); `chunk` rows at a time if given (bounds the `[chunk, K]` matrix)."""
+    z, cb = z.detach(), codebook.detach()
+    if chunk is not None and len(z) > chunk:
+        parts = [nearest_code(z[i:i + chunk], cb) for i in range(0, len(z), chunk)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    d2 = z.pow(2).sum(1, keepdim=True) - 2 * z @ cb.T + cb.pow(2).sum(1)[None]  # one matrix product, no [n, K, dim] tensor
+    d2, idx = d2.min(1)
+    return idx, d2.clamp_min(0)
 
-def codebook_usage(indices: torch.Tensor, num_codes: int) -> float:
-    "Fraction of the `num_codes` codes used at least once in `indices`."
-    _check_indices(indices, num_codes)
-    return torch.bincount(indices.flatten().long(), minlength=num_codes).gt(0).float().mean().item()
+# %% ../nbs/03_vq.ipynb
+def _check_latents(z, dim: int, name: str):
+    if not isinstance(z, torch.Tensor): raise TypeError(f"{name}: expected a tensor of latents [..., {dim}], got {type(z).__name__}")
+    if not z.is_floating_point():
+        raise TypeError(f"{name}: latents must be a floating-point tensor, got dtype {z.dtype} (convert with .float())")
+    _check_width(z, dim, name)
+    _check_finite(z, f"{name} input")
 
-def codebook_perplexity(indices: torch.Tensor, num_codes: int) -> float:
-    "exp(entropy) of the code-use histogram: `num_codes` for uniform use, 1 for a collapsed codebook."
-    _check_indices(indices, num_codes)
-    p = torch.bincount(indices.flatten().long(), minlength=num_codes).double()
-    p = p[p > 0] / p.sum().clamp_min(1)
-    return math.exp(-(p * p.log()).sum().item())
+def _as_codebook(codebook, codebook_size: int, dim: int) -> torch.Tensor:
+    cb = torch.as_tensor(codebook).detach().clone().float()
+    if cb.ndim != 2 or cb.shape[0] == 0:
+        raise ValueError(f"a codebook must be a non-empty [codebook_size, dim] tensor, got shape {tuple(cb.shape)}")
+    if tuple(cb.shape) != (codebook_size, dim):
+        raise ValueError(f"the codebook has shape {tuple(cb.shape)}, expected ({codebook_size}, {dim})")
+    _check_finite(cb, 'the codebook')
+    return cb
 
 # %% ../nbs/03_vq.ipynb
 class VectorQuantizer(nn.Module):
-    """Nearest-code quantizer with a straight-through estimator that never changes behaviour.
+    """Nearest-code quantizer, `forward(z [..., dim]) -> (z_q, indices, info)` with `info` holding `z_q_hard`,
+    `sq_distances`, `codebook_loss`, `commitment_loss` and `loss` (= codebook_loss + beta * commitment_loss).
 
-    `forward(z [..., dim]) -> (z_q, indices, info)`: `z_q` (straight-through output), `indices [...]`,
-    `info['z_q_hard']` (the hard codes, for the codebook loss) and `info['sq_distances']`.
-    Default init: uniform in [-1/K, 1/K] (the original VQ-VAE). `ema=True`: the codebook is a buffer
-    updated by exponential moving averages (decay `decay`) in training mode. `reset_after=n`: codes
-    unused for n training steps restart on random latents of the current batch."""
-    def __init__(self, dim: int, num_codes: int, init_codebook=None, ema: bool = False, decay: float = 0.99,
-                 reset_after: int | None = None, seed: int = 0):
+    Options: `init` 'uniform' (±1/K), 'normal' (N(0, 1)) or a `[codebook_size, dim]` tensor; `beta` the
+    commitment weight; `ema` (the codebook a buffer following EMA means of its latents, `decay`);
+    `dead_code_after=n` (a code unused for n training steps restarts on a random latent of the batch plus
+    `dead_code_noise` times the batch's std), checked every `dead_code_every` steps; `rotation_trick`
+    (Fifty et al. 2024) instead of the STE; `seed` of the quantizer's own generator (init and restarts)."""
+    def __init__(self, dim: int, codebook_size: int, *, init='uniform', beta: float = 0.25, ema: bool = False,
+                 decay: float = 0.99, dead_code_after: int | None = None, dead_code_every: int = 1,
+                 dead_code_noise: float = 1e-3, rotation_trick: bool = False, seed: int = 0):
         super().__init__()
-        if num_codes < 1: raise ValueError(f"the codebook is empty: num_codes must be >= 1, got {num_codes}")
+        if codebook_size < 1: raise ValueError(f"the codebook is empty: codebook_size must be >= 1, got {codebook_size}")
         if dim < 1: raise ValueError(f"dim must be >= 1, got {dim}")
         if not 0 < decay < 1: raise ValueError(f"decay must be in (0, 1), got {decay}")
-        self.dim, self.num_codes, self.ema, self.decay, self.reset_after = dim, num_codes, ema, decay, reset_after
-        if init_codebook is None:
-            g = torch.Generator().manual_seed(seed)
-            init_codebook = (torch.rand(num_codes, dim, generator=g) * 2 - 1) / num_codes
-        init_codebook = torch.as_tensor(init_codebook).detach().clone().float()
-        if init_codebook.ndim != 2 or init_codebook.shape[0] == 0:
-            raise ValueError(f"init_codebook must be a non-empty [num_codes, dim] tensor, got shape {tuple(init_codebook.shape)}")
-        if tuple(init_codebook.shape) != (num_codes, dim):
-            raise ValueError(f"init_codebook has shape {tuple(init_codebook.shape)}, expected ({num_codes}, {dim})")
-        _check_finite(init_codebook, 'init_codebook')
+        if not beta >= 0: raise ValueError(f"beta (the commitment weight) must be >= 0, got {beta}")
+        if dead_code_after is not None and dead_code_after < 1: raise ValueError(f"dead_code_after must be >= 1 or None, got {dead_code_after}")
+        if dead_code_every < 1: raise ValueError(f"dead_code_every must be >= 1, got {dead_code_every}")
+        self.dim, self.codebook_size, self.beta, self.ema, self.decay = dim, codebook_size, beta, ema, decay
+        self.dead_code_after, self.dead_code_every, self.dead_code_noise = dead_code_after, dead_code_every, dead_code_noise
+        self.rotation_trick = rotation_trick
+        cb = _as_codebook(self._initial_codes(init, seed), codebook_size, dim)
         if ema:
-            self.register_buffer('codebook', init_codebook)
-            self.register_buffer('ema_count', torch.ones(num_codes))       # starts as one pseudo-sample per code,
-            self.register_buffer('ema_sum', init_codebook.clone())         # so an unused code stays where it is
-        else: self.codebook = nn.Parameter(init_codebook)
-        self.register_buffer('steps_unused', torch.zeros(num_codes, dtype=torch.long))
-        self.generator = torch.Generator().manual_seed(seed)
+            self.register_buffer('codebook', cb)
+            self.register_buffer('ema_count', torch.ones(codebook_size, device=cb.device))  # one pseudo-sample per code,
+            self.register_buffer('ema_sum', cb.clone())                                      # so an unused code stays put
+        else: self.codebook = nn.Parameter(cb)
+        self.register_buffer('steps_unused', torch.zeros(codebook_size, dtype=torch.long, device=cb.device))
+        self.steps = 0                                          # training steps seen (dead codes are checked on a schedule)
+        self.generator = torch.Generator().manual_seed(seed)    # restarts: drawn on the CPU, the same on every device
 
-    def nearest(self, z: torch.Tensor):
-        "Index of the nearest code (squared Euclidean distance) for each row of `z` `[n, dim]`, and that distance."
-        cb = self.codebook.detach()
-        d2 = z.pow(2).sum(1, keepdim=True) - 2 * z @ cb.T + cb.pow(2).sum(1)[None]
-        d2, idx = d2.min(1)
-        return idx, d2.clamp_min(0)
+    def _initial_codes(self, init, seed):
+        if isinstance(init, str):
+            g = torch.Generator().manual_seed(seed)
+            if init == 'uniform': return (torch.rand(self.codebook_size, self.dim, generator=g) * 2 - 1) / self.codebook_size
+            if init == 'normal': return torch.randn(self.codebook_size, self.dim, generator=g)
+            raise ValueError(f"unknown init {init!r}: use 'uniform', 'normal' or a [codebook_size, dim] tensor")
+        return init
 
     def straight_through(self, z: torch.Tensor, z_q_hard: torch.Tensor) -> torch.Tensor:
-        "Value `z_q_hard`, gradient to `z` unchanged; no condition on `z.requires_grad` or the mode."
+        "Value `z_q_hard`, gradient to `z` unchanged (rotated with `rotation_trick`); never conditional on `z.requires_grad` or the mode."
+        if self.rotation_trick: return rotation_trick(z, z_q_hard)
         return z + (z_q_hard - z).detach()
 
     def forward(self, z: torch.Tensor):
-        name = type(self).__name__
-        _check_width(z, self.dim, name)
-        _check_finite(z, f"{name} input")
+        _check_latents(z, self.dim, type(self).__name__)
         shape = z.shape; flat = z.reshape(-1, self.dim)
-        idx, d2 = self.nearest(flat.detach())
-        if self.training:
-            with torch.no_grad(): self._update(flat.detach(), idx)
+        idx, d2 = nearest_code(flat, self.codebook)
+        if self.training and not flat.is_meta: self._update(flat.detach(), idx)   # EMA and dead codes (data-dependent)
         z_q_hard = self.codebook[idx]
         z_q = self.straight_through(flat, z_q_hard)
-        return z_q.reshape(shape), idx.reshape(shape[:-1]), {'z_q_hard': z_q_hard.reshape(shape), 'sq_distances': d2.reshape(shape[:-1])}
+        codebook_loss = F.mse_loss(z_q_hard, flat.detach())     # moves codes, never the encoder
+        commitment_loss = F.mse_loss(flat, z_q_hard.detach())   # moves the encoder, never the codes
+        info = {'z_q_hard': z_q_hard.reshape(shape), 'sq_distances': d2.reshape(shape[:-1]), 'codebook_loss': codebook_loss,
+                'commitment_loss': commitment_loss, 'loss': codebook_loss + self.beta * commitment_loss}
+        return z_q.reshape(shape), idx.reshape(shape[:-1]), info
 
-    @torch.no_grad()
-    def _update(self, z: torch.Tensor, idx: torch.Tensor):
-        counts = torch.bincount(idx, minlength=self.num_codes)
-        if self.ema:
-            sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, z)
-            self.ema_count.mul_(self.decay).add_(counts.float(), alpha=1 - self.decay)
-            self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-            self.codebook.copy_(self.ema_sum / self.ema_count.clamp_min(1e-12)[:, None])
-        self.steps_unused.add_(1).masked_fill_(counts > 0, 0)
-        if self.reset_after:
-            dead = (self.steps_unused >= self.reset_after).nonzero().flatten()
-            if len(dead):
-                pick = torch.randint(0, len(z), (len(dead),), generator=self.generator)
-                new = z[pick] + 1e-3 * z.std() * torch.randn(len(dead), self.dim, generator=self.generator)
-                self.codebook.data[dead] = new
-                if self.ema: self.ema_sum[dead] = new * self.ema_count[dead, None].clamp_min(1e-12)
-                self.steps_unused[dead] = 0
+# %% ../nbs/03_vq.ipynb
+@patch
+def encode(self: VectorQuantizer, z: torch.Tensor) -> torch.Tensor:
+    "Indices `[...]` of the nearest codes of latents `z [..., dim]`; never updates the codebook."
+    _check_latents(z, self.dim, type(self).__name__)
+    return nearest_code(z.reshape(-1, self.dim), self.codebook)[0].reshape(z.shape[:-1])
 
-    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        "The codes `[..., dim]` for integer `indices` (out-of-range ids are an IndexError)."
-        _check_indices(indices, self.num_codes)
-        return self.codebook[indices.long()]
+@patch
+def lookup(self: VectorQuantizer, indices: torch.Tensor) -> torch.Tensor:
+    "The codes `[..., dim]` for integer `indices` (out-of-range ids are an IndexError)."
+    _check_indices(indices, self.codebook_size)
+    return self.codebook[indices.long()]
 
-    def usage(self, indices): return codebook_usage(indices, self.num_codes)
-    def perplexity(self, indices): return codebook_perplexity(indices, self.num_codes)
+@patch
+def set_codebook(self: VectorQuantizer, codebook: torch.Tensor):
+    "Replace the codes by `codebook [codebook_size, dim]`; resets the EMA statistics and the dead-code counters."
+    cb = _as_codebook(codebook, self.codebook_size, self.dim).to(self.codebook.device)
+    with torch.no_grad():
+        self.codebook.data.copy_(cb)
+        if self.ema: self.ema_count.fill_(1.0); self.ema_sum.copy_(cb)
+        self.steps_unused.zero_()
+    return self
+
+# %% ../nbs/03_vq.ipynb
+def _check_indices(indices: torch.Tensor, codebook_size: int):
+    if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+        raise TypeError(f"code indices must be an integer tensor, got {getattr(indices, 'dtype', type(indices))}")
+    if indices.numel() and not indices.is_meta and (indices.min() < 0 or indices.max() >= codebook_size):
+        raise IndexError(f"code index out of range: got values in [{indices.min().item()}, {indices.max().item()}], "
+                         f"the codebook has {codebook_size} codes (valid: 0..{codebook_size - 1})")
+
+@patch
+def usage(self: VectorQuantizer, indices):
+    "Fraction of this codebook's codes used in `indices` (`vtd.metrics.codebook_usage`)."
+    return codebook_usage(indices, self.codebook_size)
+@patch
+def perplexity(self: VectorQuantizer, indices):
+    "exp(entropy) of this codebook's use in `indices` (`vtd.metrics.codebook_perplexity`)."
+    return codebook_perplexity(indices, self.codebook_size)
+
+# %% ../nbs/03_vq.ipynb
+@patch
+@torch.no_grad()
+def _update(self: VectorQuantizer, z: torch.Tensor, idx: torch.Tensor):
+    "One training step's codebook bookkeeping: EMA means, unused-step counters, restarts of dead codes."
+    counts = torch.bincount(idx, minlength=self.codebook_size)
+    if self.ema:
+        sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, z)
+        self.ema_count.mul_(self.decay).add_(counts.float(), alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        self.codebook.copy_(self.ema_sum / self.ema_count.clamp_min(1e-12)[:, None])
+    self.steps_unused.add_(1).masked_fill_(counts > 0, 0)
+    self.steps += 1
+    if self.dead_code_after and self.steps % self.dead_code_every == 0:
+        dead = (self.steps_unused >= self.dead_code_after).nonzero().flatten()
+        if len(dead):
+            pick = torch.randint(0, len(z), (len(dead),), generator=self.generator).to(z.device)
+            noise = torch.randn(len(dead), self.dim, generator=self.generator).to(z.device)
+            new = z[pick] + self.dead_code_noise * z.std() * noise
+            self.codebook.data[dead] = new
+            if self.ema: self.ema_sum[dead] = new * self.ema_count[dead, None].clamp_min(1e-12)
+            self.steps_unused[dead] = 0
 
 # %% ../nbs/03_vq.ipynb
 def vqvae_loss(x, x_recon, z, z_q_hard, beta: float = 0.25):
@@ -233,7 +302,9 @@ def vqvae_loss(x, x_recon, z, z_q_hard, beta: float = 0.25):
     codebook = F.mse_loss(z_q_hard, z.detach())    # moves codes, never the encoder
     commitment = F.mse_loss(z, z_q_hard.detach())  # moves the encoder, never the codes
     total = recon + codebook + beta * commitment
-    return total, {'recon': recon.item(), 'codebook': codebook.item(), 'commitment': commitment.item(), 'total': total.item()}
+    return total, {name: _value(t) for name, t in (('recon', recon), ('codebook', codebook), ('commitment', commitment), ('total', total))}
+
+def _value(t: torch.Tensor) -> float: return float('nan') if t.is_meta else t.item()   # a meta tensor has no value
 
 # %% ../nbs/03_vq.ipynb
 def rotation_trick(e: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -247,11 +318,6 @@ def rotation_trick(e: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch
     scale = (q_norm / e_norm).detach()
     return scale * (e - 2 * (e * r).sum(-1, keepdim=True) * r + 2 * (e * e_hat).sum(-1, keepdim=True) * q_hat)
 
-class RotationQuantizer(VectorQuantizer):
-    "VectorQuantizer with the rotation trick in place of the straight-through estimator; same interface and outputs."
-    def straight_through(self, z, z_q_hard):
-        return rotation_trick(z, z_q_hard)
-
 # %% ../nbs/03_vq.ipynb
 class VQVAE(nn.Module):
     "encoder -> quantizer -> decoder; `forward(x)` returns dict(x_recon, z, z_q, z_q_hard, indices)."
@@ -264,21 +330,21 @@ class VQVAE(nn.Module):
         z_q, indices, info = self.quantizer(z)
         return {'x_recon': self.decoder(z_q), 'z': z, 'z_q': z_q, 'z_q_hard': info['z_q_hard'], 'indices': indices}
 
-def rd_gaussian_init(num_codes: int, dim: int, data: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """A `[num_codes, dim]` codebook drawn from the D(R)-achieving reproduction distribution of a Gaussian
+def rd_gaussian_init(codebook_size: int, dim: int, data: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A `[codebook_size, dim]` codebook drawn from the D(R)-achieving reproduction distribution of a Gaussian
     fitted to `data` (latents `[n, dim]`): mean + N(0, diag(max(λ_i − θ, 0))) on the principal axes,
-    θ the reverse water-filling level at log2(num_codes) bits per vector."""
-    if num_codes < 1: raise ValueError(f"the codebook is empty: num_codes must be >= 1, got {num_codes}")
+    θ the reverse water-filling level at log2(codebook_size) bits per vector."""
+    if codebook_size < 1: raise ValueError(f"the codebook is empty: codebook_size must be >= 1, got {codebook_size}")
     data = torch.as_tensor(data)
     if data.ndim != 2 or data.shape[1] != dim:
         raise ValueError(f"rd_gaussian_init: data must be latents [n, {dim}] (encode the data first), got shape {tuple(data.shape)}")
     if len(data) < 2: raise ValueError(f"rd_gaussian_init needs at least 2 latents to estimate a covariance, got {len(data)}")
     _check_finite(data, 'rd_gaussian_init data')
     V, lam = pca_basis(data.float(), dim)
-    theta = water_level(lam, math.log2(num_codes))
+    theta = water_level(lam.cpu(), math.log2(codebook_size))
     std = (lam.double() - theta).clamp_min(0).sqrt().float()
     g = torch.Generator().manual_seed(seed)
-    return data.float().mean(0) + (torch.randn(num_codes, dim, generator=g) * std) @ V.T
+    return data.float().mean(0) + (torch.randn(codebook_size, dim, generator=g).to(data.device) * std) @ V.T
 
 # %% ../nbs/03_vq.ipynb
 @torch.no_grad()
@@ -291,14 +357,15 @@ def evaluate_vqvae(model: VQVAE, x: torch.Tensor, batch_size: int = 4096) -> dic
         out = model(x[i:i + batch_size])
         err += (out['x_recon'] - x[i:i + batch_size]).double().pow(2).sum().item(); idx.append(out['indices'].flatten())
     model.train(was_training)
-    idx = torch.cat(idx); K = model.quantizer.num_codes
+    idx = torch.cat(idx); K = model.quantizer.codebook_size
     return {'distortion_per_dim': err / len(x) / model.quantizer.dim, 'usage': codebook_usage(idx, K),
             'perplexity': codebook_perplexity(idx, K)}
 
 def train_vqvae(model: VQVAE, train_x: torch.Tensor, steps: int = 2000, batch_size: int = 256, lr: float = 1e-3,
                 codebook_lr: float | None = None, beta: float = 0.25, loss_fn=None, eval_x=None,
                 eval_every: int = 100, seed: int = 0, progress: bool = True, desc: str = 'vqvae') -> dict:
-    """Train with `vtd.core.fit` on random batches; return the history (step, distortion_per_dim, usage,
+    """Train with `vtd.core.fit` for `steps` optimiser steps, each on `batch_size` vectors drawn at random (with
+    replacement: steps, not epochs); return the history (step, distortion_per_dim, usage,
     perplexity on `eval_x`, starting at step 0). `loss_fn(x, outputs, beta) -> (total, parts)` defaults to
     `vqvae_loss` on the hard codes. Adam with cosine decay; `codebook_lr` for the codebook (default `lr`)."""
     from vtd.core import fit
@@ -315,7 +382,7 @@ def train_vqvae(model: VQVAE, train_x: torch.Tensor, steps: int = 2000, batch_si
     n_evals = max(1, steps // eval_every)
     hist = {'step': [0], **{k: [v] for k, v in evaluate_vqvae(model, eval_x).items()}}
     def batches():
-        for _ in range(eval_every): yield train_x[torch.randint(0, len(train_x), (batch_size,), generator=g)]
+        for _ in range(eval_every): yield train_x[torch.randint(0, len(train_x), (batch_size,), generator=g).to(train_x.device)]
     def valid(m):
         res = evaluate_vqvae(m, eval_x); hist['step'].append(hist['step'][-1] + eval_every)
         for key, v in res.items(): hist[key].append(v)

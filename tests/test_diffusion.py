@@ -331,3 +331,104 @@ def test_decode_cells_finds_the_nearest_word_by_hamming_distance():
     assert torch.equal(brute.gather(1, ids[:, None])[:, 0], brute.min(1).values) and not exact.any()
     ids, exact = pd.decode_cells(table[:50].view(5, 10, 25))
     assert torch.equal(ids, torch.arange(50).view(5, 10)) and exact.all()
+
+
+class CopyDenoiser(torch.nn.Module):
+    "Predicts, at every position, the first visible (unmasked) token of its row; uniform where nothing is visible."
+    process_kind, block_size = 'absorbing', 16
+    def __init__(self, V): super().__init__(); self.vocab_size = V
+    def x0_probs(self, x_t, t, class_label=None):
+        V = self.vocab_size
+        seen = x_t != V
+        first = torch.where(seen.any(1), seen.long().argmax(1), 0)
+        tok = x_t.gather(1, first[:, None]).clamp_max(V - 1)                     # [B, 1]
+        hit = F.one_hot(tok, V).double().expand(*x_t.shape, V)
+        return torch.where(seen.any(1)[:, None, None], hit, torch.full_like(hit, 1 / V))
+
+
+def _given(n, L, V, generator):
+    "Prompts [n, L]: a 4-token prefix and one token in the middle given, the rest [MASK] (= V)."
+    x = torch.full((n, L), V, dtype=torch.long)
+    x[:, :4] = torch.randint(0, V, (n, 4), generator=generator)
+    x[:, L // 2] = 7
+    return x
+
+
+@pytest.mark.parametrize('sampler', ['ancestral', 'maskgit'])
+def test_conditioned_samplers_keep_the_given_tokens_and_generate_the_rest(sampler):
+    d, A = _tiny(V=80, L=12), AbsorbingProcess(80)
+    g = torch.Generator().manual_seed(0)
+    x_init = _given(64, 12, 80, g)
+    free = x_init == A.mask_id
+    run = (lambda **kw: ancestral_sample(d, A, 64, 12, 12, **kw)) if sampler == 'ancestral' else \
+          (lambda **kw: maskgit_sample(d, A, 64, 12, 6, **kw))
+    r = run(generator=g, x_init=x_init, record=True)
+    out = r['tokens']
+    assert torch.equal(out[~free], x_init[~free])                    # prefix and the middle token kept exactly
+    for h in r['history']: assert torch.equal(h['tokens'][~free], x_init[~free])   # ... at every step: never resampled
+    assert (out < 80).all()                                           # every [MASK] position was generated
+    assert out[:, 4].unique().numel() > 10 and out[:, -1].unique().numel() > 10   # the generated positions still vary
+    if sampler == 'maskgit':   # the cosine schedule runs over the m positions to generate, not over the length
+        m = int(free[0].sum()); still = (r['history'][0]['tokens'] == A.mask_id).sum(1)
+        assert (still == math.floor(m * math.cos(math.pi / 2 / 6))).all()
+    # an all-[MASK] x_init is the unconditioned sampler, draw for draw
+    full = torch.full((64, 12), A.mask_id)
+    assert torch.equal(run(generator=torch.Generator().manual_seed(1), x_init=full)['tokens'],
+                       run(generator=torch.Generator().manual_seed(1))['tokens'])
+
+
+@pytest.mark.parametrize('sampler', ['ancestral', 'maskgit'])
+def test_the_denoiser_sees_the_given_tokens(sampler):
+    "A denoiser that copies the first visible token: every generated position must become the given token."
+    V, A, oracle = 50, AbsorbingProcess(50), CopyDenoiser(50)
+    x_init = torch.full((8, 16), V); x_init[:, 5] = torch.arange(8) + 3
+    g = torch.Generator().manual_seed(0)
+    f = ancestral_sample if sampler == 'ancestral' else maskgit_sample
+    out = f(oracle, A, 8, 16, 8, g, x_init=x_init)['tokens']
+    assert torch.equal(out, (torch.arange(8) + 3)[:, None].expand(8, 16))
+
+
+def test_uniform_process_conditioned_sampler_restores_the_given_tokens():
+    du, U = _tiny(process='uniform', time_cond=True), UniformProcess(80)
+    g = torch.Generator().manual_seed(0)
+    x_init = _given(32, 12, 80, g); free = x_init == 80
+    r = ancestral_sample(du, U, 32, 12, 5, g, x_init=x_init, record=True)
+    for h in r['history']: assert torch.equal(h['tokens'][~free], x_init[~free])
+    assert (r['tokens'] < 80).all() and r['tokens'][:, -1].unique().numel() > 5
+
+
+def test_conditioned_samplers_refuse_bad_x_init():
+    d, A = _tiny(), AbsorbingProcess(80)
+    with pytest.raises(ValueError, match=r'shape \[n, length\]'):
+        ancestral_sample(d, A, 2, 12, 4, x_init=torch.full((3, 12), 80))
+    with pytest.raises(TypeError, match='torch.long'):
+        maskgit_sample(d, A, 2, 12, 4, x_init=torch.full((2, 12), 80.0))
+    with pytest.raises(ValueError, match=r'outside \[0, 80\]'):
+        maskgit_sample(d, A, 2, 12, 4, x_init=torch.full((2, 12), 81))
+
+
+def test_ar_sample_continues_a_prompt_exactly_and_reads_it():
+    torch.manual_seed(0)
+    ar = make_ar_model(50, 16, n_layer=2, n_head=2, n_embd=32, rope=True)
+    with torch.no_grad():   # weights large enough that every output depends on the positions and the context
+        for w in ar.parameters(): w.normal_(0, 0.15)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.tensor([3, 1, 4, 1, 5])
+    x = ar_sample(ar, 256, 16, torch.Generator().manual_seed(0), prompt=prompt)
+    assert x.shape == (256, 16) and torch.equal(x[:, :5], prompt.expand(256, 5))    # the prompt, exactly
+    assert x[:, 5].unique().numel() > 10 and x[:, -1].unique().numel() > 10        # the continuation varies
+    # the continuation reads the prompt through the cache: redrawing each generated token, with the same
+    # random numbers, from one full forward pass over [BOS, prompt, continuation] gives the same tokens
+    # (a prompt read at the wrong positions, or only its last token, changes some of the 2,816 draws)
+    with torch.no_grad(): p = F.softmax(ar(torch.cat([torch.full((256, 1), 50), x[:, :-1]], 1)).double(), -1)
+    g2 = torch.Generator().manual_seed(0)
+    assert torch.equal(torch.stack([categorical(p[:, k], g2) for k in range(5, 16)], 1), x[:, 5:])
+    per_row = torch.randint(0, 50, (4, 3), generator=g)
+    assert torch.equal(ar_sample(ar, 4, 10, g, prompt=per_row)[:, :3], per_row)
+    assert torch.equal(ar_sample(ar, 4, 3, g, prompt=per_row), per_row)              # nothing left to generate
+    with pytest.raises(ValueError, match='does not fit'):
+        ar_sample(ar, 2, 4, prompt=prompt)
+    with pytest.raises(ValueError, match='n = 3'):
+        ar_sample(ar, 3, 16, prompt=per_row)
+    with pytest.raises(ValueError, match='outside the vocabulary'):
+        ar_sample(ar, 2, 16, prompt=torch.tensor([50]))

@@ -155,15 +155,34 @@ class UniformProcess(DiscreteProcess):
         return post / post.sum(-1, keepdim=True)
 
 # %% ../nbs/08_diffusion.ipynb
+def _uniform(shape, generator=None, device=None) -> torch.Tensor:
+    """Float64 uniforms in [0, 1), drawn where `generator` lives (a seeded run draws the same numbers on
+    every device), else on `device`; MPS has no float64, so there they are drawn on the CPU."""
+    device = torch.device('cpu' if device is None else device)
+    where = generator.device if generator is not None else (torch.device('cpu') if device.type == 'mps' else device)
+    return torch.rand(shape, generator=generator, dtype=torch.float64, device=where)
+
+def _bernoulli(p, shape, generator=None, device=None) -> torch.Tensor:
+    "A bool tensor on `device`, True with probability `p` (float64, broadcast against `shape`), compared where drawn."
+    u = _uniform(shape, generator, device)
+    return (u < torch.as_tensor(p, dtype=torch.float64).to(u.device)).to(device or 'cpu')
+
+def _randint(high: int, shape, generator=None, device=None) -> torch.Tensor:
+    "Uniform ids in [0, high) on `device`, drawn where `generator` lives."
+    where = generator.device if generator is not None else device
+    return torch.randint(0, high, shape, generator=generator, device=where).to(device or 'cpu')
+
 def categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
     """One draw per row of `probs` `[..., K]` (non-negative weights, need not sum to one): inverse-CDF
-    sampling in float64 (exact to 1e-16; as exact as `torch.multinomial` and much faster for large K)."""
+    sampling in float64 (exact to 1e-16; as exact as `torch.multinomial` and much faster for large K).
+    On MPS, which has no float64, the draw is made on the CPU and the ids moved back."""
+    if probs.device.type == 'mps': return categorical(probs.cpu(), generator).to(probs.device)
     p = probs.double().reshape(-1, probs.shape[-1])
-    if not torch.isfinite(p).all() or (p < 0).any(): raise ValueError("probabilities must be finite and non-negative")
+    if not p.is_meta and (not torch.isfinite(p).all() or (p < 0).any()): raise ValueError("probabilities must be finite and non-negative")
     cdf = p.cumsum(-1)
     total = cdf[:, -1:]
-    if (total <= 0).any(): raise ValueError("a row of probabilities sums to zero")
-    u = torch.rand(total.shape, generator=generator, dtype=torch.float64) * total
+    if not p.is_meta and (total <= 0).any(): raise ValueError("a row of probabilities sums to zero")
+    u = _uniform(total.shape, generator, p.device).to(p.device) * total
     idx = torch.searchsorted(cdf, u, right=True).clamp_max(p.shape[-1] - 1)
     return idx.reshape(probs.shape[:-1])
 
@@ -415,38 +434,64 @@ def _draw_x0(denoiser, x_t, t, generator, temperature=1.0, class_label=None):
     ids = categorical(probs, generator)
     return ids, probs.gather(-1, ids[..., None])[..., 0], torch.ones_like(ids, dtype=torch.bool)
 
+def _device_of(module) -> torch.device:
+    "Where a module's parameters (or buffers) live; the CPU for one that has none."
+    for p in module.parameters(): return p.device
+    for b in module.buffers(): return b.device
+    return torch.device('cpu')
+
 def _check_sampling(denoiser, n, length, steps):
     if length > denoiser.block_size:
         raise ValueError(f"sequence of length {length} is longer than the denoiser's context {denoiser.block_size}")
     if n < 1 or length < 1: raise ValueError("n and length must be positive")
     if not (isinstance(steps, int) and steps >= 1): raise ValueError(f"steps must be a positive integer, got {steps!r}")
 
+def _check_x_init(x_init, process, n, length, device) -> torch.Tensor:
+    "`x_init` `[n, length]` long on `device`: data ids are kept, the id `vocab_size` ([MASK]) marks the positions to generate."
+    if not torch.is_tensor(x_init) or x_init.dtype != torch.long:
+        raise TypeError(f"x_init must be a torch.long tensor of token ids, with {process.vocab_size} ([MASK]) where tokens are to be generated")
+    if tuple(x_init.shape) != (n, length):
+        raise ValueError(f"x_init must have shape [n, length] = [{n}, {length}], got {tuple(x_init.shape)}")
+    if not x_init.is_meta and x_init.numel() and (x_init.min() < 0 or x_init.max() > process.vocab_size):
+        bad = x_init[(x_init < 0) | (x_init > process.vocab_size)].unique()[:5].tolist()
+        raise ValueError(f"x_init holds ids {bad} outside [0, {process.vocab_size}] (the vocabulary and the [MASK] id {process.vocab_size})")
+    return x_init.to(device)
+
 @torch.no_grad()
 def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generator=None, temperature: float = 1.0,
-                     record: bool = False, class_label=None) -> dict:
+                     record: bool = False, class_label=None, x_init: torch.Tensor | None = None) -> dict:
     """Reverse-process samples `[n, length]` in `steps` steps. Returns tokens, the number of network
     evaluations, the share of positions whose draw was exactly a word's pattern, and (with `record`) each
     step's state and per-position confidence. `class_label` (an int or one per sample) conditions a
-    class-conditional denoiser."""
+    class-conditional denoiser. `x_init` `[n, length]` conditions on given tokens: positions holding the
+    mask id (`process.vocab_size`) are generated, every other position is kept exactly (a prompt, or the
+    words around a blank); with the uniform process the generated positions start from uniform noise and
+    the given ones are restored after every step, so the denoiser always sees them clean."""
     _check_sampling(denoiser, n, length, steps)
+    dev = _device_of(denoiser)
+    V, mask_id = process.vocab_size, process.vocab_size
+    given = None if x_init is None else _check_x_init(x_init, process, n, length, dev)
+    free = None if given is None else given == mask_id          # the positions to generate
     was_training = denoiser.training; denoiser.eval()
-    V = process.vocab_size
-    if process.kind == 'absorbing': x = torch.full((n, length), process.mask_id, dtype=torch.long)
-    else: x = torch.randint(0, V, (n, length), generator=generator)
-    conf = torch.zeros(n, length, dtype=torch.float64); exact = torch.ones(n, length, dtype=torch.bool)
+    if process.kind == 'absorbing': x = torch.full((n, length), mask_id, dtype=torch.long, device=dev) if given is None else given.clone()
+    else:
+        x = _randint(V, (n, length), generator, dev)
+        if given is not None: x = torch.where(free, x, given)
+    conf = torch.zeros(n, length, dtype=torch.float64, device=dev) if given is None else (~free).double()
+    exact = torch.ones(n, length, dtype=torch.bool, device=dev)
     history, n_evals, cached = [], 0, None
-    time_cond = denoiser.net.cfg.time_cond
+    time_cond = denoiser.net.cfg.time_cond if hasattr(denoiser, 'net') else False
     for i in range(steps, 0, -1):
         s, t = torch.tensor((i - 1) / steps), torch.tensor(i / steps)
         if process.kind == 'absorbing':
-            masked = x == process.mask_id
+            masked = x == mask_id
             if not masked.any(): break
             if cached is None or time_cond:
                 cached = _draw_x0(denoiser, x, t.expand(n), generator, temperature, class_label); n_evals += 1
                 # fresh draws for the positions revealed below; reused while nothing changes
             a_s, a_t = process.schedule.alpha(s).double(), process.schedule.alpha(t).double()
             p_reveal = ((a_s - a_t) / (1 - a_t)).item() if i > 1 else 1.0
-            reveal = masked & (torch.rand(n, length, generator=generator, dtype=torch.float64) < p_reveal)
+            reveal = masked & _bernoulli(p_reveal, (n, length), generator, dev)
             if reveal.any():
                 ids, c, ex = cached
                 x = torch.where(reveal, ids, x); conf = torch.where(reveal, c, conf); exact = torch.where(reveal, ex, exact)
@@ -457,35 +502,44 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
             if i > 1: x = categorical(process.posterior(x, p0, s, t), generator)
             else: x = categorical(p0, generator)
             conf = p0.gather(-1, x[..., None])[..., 0]
+            if given is not None: x = torch.where(free, x, given); conf = torch.where(free, conf, torch.ones_like(conf))
         if record: history.append(dict(step=steps - i + 1, tokens=x.clone(), confidence=conf.clone()))
     denoiser.train(was_training)
     return dict(tokens=x, n_evals=n_evals, exact_share=exact.float().mean().item(), history=history, confidence=conf)
 
 @torch.no_grad()
 def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, steps: int, generator=None,
-                   temperature: float = 1.0, record: bool = False, class_label=None) -> dict:
-    "Confidence-ordered unmasking: after step k, ⌊length·cos(π/2 · k/steps)⌋ positions stay masked."
+                   temperature: float = 1.0, record: bool = False, class_label=None,
+                   x_init: torch.Tensor | None = None) -> dict:
+    """Confidence-ordered unmasking: after step k, ⌊m·cos(π/2 · k/steps)⌋ positions stay masked, m being
+    the number masked at the start (`length`; with `x_init`, its positions holding the mask id: only
+    those are generated, every other position is kept exactly)."""
     _check_sampling(denoiser, n, length, steps)
     if process.kind != 'absorbing': raise ValueError("MaskGIT sampling needs the absorbing process")
+    dev = _device_of(denoiser)
+    x = (torch.full((n, length), process.mask_id, dtype=torch.long, device=dev) if x_init is None
+         else _check_x_init(x_init, process, n, length, dev).clone())
     was_training = denoiser.training; denoiser.eval()
-    x = torch.full((n, length), process.mask_id, dtype=torch.long)
-    conf = torch.zeros(n, length, dtype=torch.float64); exact = torch.ones(n, length, dtype=torch.bool)
+    m0 = [length] * n if x_init is None else (x == process.mask_id).sum(1).tolist()
+    conf = (x != process.mask_id).double(); exact = torch.ones(n, length, dtype=torch.bool, device=dev)
+    positions = torch.arange(length, device=dev).expand(n, length).contiguous()
     history = []
     for k in range(1, steps + 1):
         masked = x == process.mask_id
         t = masked.float().mean(1)  # the mask rate is the time
         ids, c, ex = _draw_x0(denoiser, x, t, generator, temperature, class_label)
-        n_keep_masked = int(math.floor(length * math.cos(math.pi / 2 * k / steps)))
+        cos_k = math.cos(math.pi / 2 * k / steps)
+        n_keep_masked = torch.tensor([int(math.floor(m * cos_k)) for m in m0], device=dev)
         score = torch.where(masked, c, torch.full_like(c, -1.0))  # only masked positions compete
         order = score.argsort(1, descending=True)
         n_reveal = (masked.sum(1) - n_keep_masked).clamp_min(0)
-        reveal = torch.zeros_like(masked)
-        rank = torch.empty_like(order); rank.scatter_(1, order, torch.arange(length).expand(n, length).contiguous())
+        rank = torch.empty_like(order); rank.scatter_(1, order, positions)
         reveal = masked & (rank < n_reveal[:, None])
         x = torch.where(reveal, ids, x); conf = torch.where(reveal, c, conf); exact = torch.where(reveal, ex, exact)
         if record: history.append(dict(step=k, tokens=x.clone(), confidence=conf.clone()))
     denoiser.train(was_training)
     return dict(tokens=x, n_evals=steps, exact_share=exact.float().mean().item(), history=history, confidence=conf)
+
 
 # %% ../nbs/08_diffusion.ipynb
 def make_ar_model(vocab_size: int, block_size: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
@@ -516,16 +570,38 @@ def ar_heldout_bits(model: Transformer, data: torch.Tensor, batch_size: int = 64
     return dict(bits_per_token=per_seq.mean().item(), stderr=(per_seq.std() / math.sqrt(len(per_seq))).item(),
                 per_position=nll.mean(0))
 
+def _check_prompt(prompt, n, length, V, device) -> torch.Tensor:
+    "A prompt `[P]` (shared) or `[n, P]` as `[n, P]` long ids in [0, V) on `device`, P <= length."
+    if not torch.is_tensor(prompt) or prompt.dtype != torch.long: raise TypeError("prompt must be a torch.long tensor of token ids")
+    if prompt.ndim == 1: prompt = prompt.expand(n, -1)
+    if prompt.ndim != 2 or prompt.shape[0] != n:
+        raise ValueError(f"prompt must be [P] or [n, P] with n = {n}, got shape {tuple(prompt.shape)}")
+    if prompt.shape[1] > length: raise ValueError(f"a prompt of {prompt.shape[1]} tokens does not fit in length {length}")
+    if not prompt.is_meta and prompt.numel() and (prompt.min() < 0 or prompt.max() >= V):
+        bad = prompt[(prompt < 0) | (prompt >= V)].unique()[:5].tolist()
+        raise ValueError(f"prompt holds ids {bad} outside the vocabulary [0, {V})")
+    return prompt.to(device)
+
 @torch.no_grad()
-def ar_sample(model: Transformer, n: int, length: int, generator=None, temperature: float = 1.0) -> torch.Tensor:
-    "Samples `[n, length]`, one token at a time with the key/value cache."
+def ar_sample(model: Transformer, n: int, length: int, generator=None, temperature: float = 1.0,
+              prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """Samples `[n, length]`, one token at a time with the key/value cache. `prompt` (`[P]` or `[n, P]`
+    long) is the fixed start of every sample: it is read in one pass, and the result begins with it exactly."""
     if length > model.cfg.block_size:
         raise ValueError(f"sequence of length {length} is longer than the model's context {model.cfg.block_size}")
+    if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
+    dev = model.head.weight.device
+    V = model.cfg.n_out
+    tok = torch.full((n, 1), V, dtype=torch.long, device=dev)
+    out = []
+    if prompt is not None:
+        prompt = _check_prompt(prompt, n, length, V, dev)
+        tok = torch.cat([tok, prompt], 1); out.append(prompt)
     was = model.training; model.eval()
-    V, cache = model.cfg.n_out, model.new_cache()
-    tok, out = torch.full((n, 1), V, dtype=torch.long), []
-    for i in range(length):
-        p = F.softmax(model(tok, cache=cache, pos_offset=i)[:, -1].double() / temperature, -1)
+    cache, pos = model.new_cache(), 0
+    for i in range(length - (0 if prompt is None else prompt.shape[1])):
+        p = F.softmax(model(tok, cache=cache, pos_offset=pos)[:, -1].double() / temperature, -1)
+        pos += tok.shape[1]
         tok = categorical(p, generator)[:, None]; out.append(tok)
     model.train(was)
     return torch.cat(out, 1)

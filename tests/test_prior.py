@@ -1,14 +1,13 @@
 """vtd.prior: causal masking, the key/value cache, the code-grid boundary, prior checkpoints and their
-errors, sampling reproducibility, and the generation metrics."""
+errors, sampling reproducibility (the generation metrics are tested in test_metrics.py)."""
 import numpy as np
 import pytest
 import torch
 
 from vtd.core import CheckpointError, save_checkpoint
-from vtd.prior import (CodeGrids, CodePrior, CodeRangeError, IndependentPositions, ImageClassifier, Transformer,
-                       TransformerConfig, check_codes, classifier_features, codebook_signature, fit_independent,
-                       frechet_distance, grid_diversity, images_with_bad_codes, load_prior, save_prior,
-                       uniform_bits)
+from vtd.prior import (CodeGrids, CodePrior, CodeRangeError, IndependentPositions, Transformer,
+                       TransformerConfig, check_codes, codebook_signature, fit_independent,
+                       images_with_bad_codes, load_prior, save_prior, uniform_bits)
 
 
 class FakeCodebook:
@@ -154,32 +153,6 @@ def test_prior_checkpoint_with_pickled_objects_is_refused(tmp_path):
 def test_codebook_signature():
     sig = codebook_signature(FakeCodebook(12))
     assert sig['K'] == 12 and sig['kind'] == 'euclidean' and len(sig['hash']) == 64
-
-
-def test_frechet_distance_matches_closed_form_and_rejects_bad_input():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(4000, 3)); b = rng.normal(size=(4000, 3)) * 2 + 1
-    # N(0, I) vs N(1, 4I): |mu|^2 = 3, trace term 3 * (1 + 4 - 2 * 2) = 3
-    assert abs(frechet_distance(a, b) - 6.0) < 0.3
-    assert abs(frechet_distance(a, a)) < 1e-8
-    import scipy.linalg
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    ref = ((a.mean(0) - b.mean(0))**2).sum() + np.trace(ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real)
-    assert abs(frechet_distance(a, b) - ref) < 1e-6
-    with pytest.raises(ValueError, match='same F'): frechet_distance(a, b[:, :2])
-    with pytest.raises(ValueError, match='at least 2'): frechet_distance(a[:1], b)
-    bad = a.copy(); bad[0, 0] = np.nan
-    with pytest.raises(ValueError, match='NaN'): frechet_distance(bad, b)
-
-
-def test_classifier_features_and_diversity():
-    clf = ImageClassifier(n_classes=10).eval()
-    f = classifier_features(clf, torch.rand(5, 1, 28, 28))
-    assert f.shape == (5, clf.config['n_features'])
-    with pytest.raises(ValueError, match=r'\[N, C, H, W\]'): classifier_features(clf, torch.rand(5, 28, 28))
-    train = torch.tensor([[1] * 16, [2] * 16])
-    d = grid_diversity(torch.tensor([[1] * 16, [1] * 16, [3] * 16, [4] * 16]), train)
-    assert d == {'unique_share': 0.75, 'copy_share': 0.5}
 
 
 def _digit_grids():

@@ -20,9 +20,7 @@ from .transformer import TransformerConfig, Transformer
 # %% auto 0
 __all__ = ['N_POSITIONS', 'CodeRangeError', 'images_with_bad_codes', 'check_codes', 'CodeGrids', 'uniform_bits',
            'IndependentPositions', 'fit_independent', 'CodePrior', 'train_prior', 'codebook_signature', 'save_prior',
-           'load_prior', 'get_code_prior', 'ImageClassifier', 'classifier_accuracy', 'train_image_classifier',
-           'classifier_features', 'frechet_distance', 'prior_settings', 'code_grid_split', 'image_code_grids',
-           'grid_diversity']
+           'load_prior', 'get_code_prior', 'prior_settings', 'code_grid_split', 'image_code_grids']
 
 # %% ../nbs/06_prior.ipynb
 N_POSITIONS = 16  # a 4x4 grid of codes per image, row-major
@@ -283,78 +281,6 @@ def get_code_prior(grids: dict, codebook, n_classes: int, smoke: bool, seed: int
     return prior, hist
 
 # %% ../nbs/06_prior.ipynb
-class ImageClassifier(nn.Module):
-    "A small CNN for `[N, C, H, W]` images; `features` gives its penultimate activations (what FD uses)."
-    def __init__(self, in_channels: int = 1, n_classes: int = 10, width: int = 32, n_features: int = 64):
-        super().__init__()
-        self.config = dict(in_channels=in_channels, n_classes=n_classes, width=width, n_features=n_features)
-        self.body = nn.Sequential(  # 28 -> 14 -> 7 -> 3x3 pooled: cheap enough to train in a minute on a CPU
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(2 * width * 9, n_features), nn.ReLU())
-        self.head = nn.Linear(n_features, n_classes)
-    def features(self, x): return self.body(x)
-    def forward(self, x): return self.head(self.body(x))
-
-
-@torch.no_grad()
-def classifier_accuracy(clf: ImageClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    "Share of `images` the classifier assigns to `labels`."
-    clf.eval(); labels = torch.as_tensor(labels).long()
-    if len(images) != len(labels): raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    pred = torch.cat([clf(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
-    return float((pred == labels).float().mean())
-
-def train_image_classifier(data, smoke: bool, seed: int = 0, epochs: int | None = None, progress: bool = True) -> ImageClassifier:
-    """A small CNN trained on `data` (a `vtd.data.ImageData`), in eval mode, with `.test_accuracy` set.
-    Cached as a vtd checkpoint under `$VTD_CACHE` keyed by its config, the data, smoke, epochs and seed."""
-    epochs = epochs or 2
-    n_train = min(len(data.x_train), 10000 if smoke else len(data.x_train))
-    clf = ImageClassifier(in_channels=data.x_train.shape[1], n_classes=len(data.classes))
-    key = {**clf.config, 'data': data.name, 'n_train': n_train, 'smoke': bool(smoke), 'epochs': epochs, 'seed': seed}
-    path = cache_root() / f"classifier_{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
-    try:
-        ckpt = load_checkpoint(path, clf, expected_config=key, kind='image_classifier')
-        clf.test_accuracy = ckpt['extra']['test_accuracy']; return clf.eval()
-    except CheckpointError: pass  # a cache miss (or a stale file): train
-    seed_everything(seed); g = torch.Generator().manual_seed(seed)
-    x, y = data.x_train[:n_train], data.y_train[:n_train]
-    def batches():
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 128): yield x[order[i:i + 128]], y[order[i:i + 128]]
-    fit(clf, lambda m, b: F.cross_entropy(m(b[0]), b[1]), batches, epochs=epochs, lr=3e-3, progress=progress, desc='classifier')
-    clf.test_accuracy = classifier_accuracy(clf, data.x_test, data.y_test)
-    save_checkpoint(path, clf, key, kind='image_classifier', extra={'test_accuracy': clf.test_accuracy})
-    return clf.eval()
-
-@torch.no_grad()
-def classifier_features(clf: ImageClassifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    "Penultimate features `[N, F]` of `images` `[N, C, H, W]` in [0, 1]."
-    images = torch.as_tensor(images)
-    if images.ndim != 4: raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
-    if not torch.isfinite(images).all(): raise ValueError("images hold NaN or inf")
-    clf.eval()
-    return torch.cat([clf.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)])
-
-# %% ../nbs/06_prior.ipynb
-def frechet_distance(feats_a, feats_b) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets `[N, F]`:
-    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), via symmetric eigendecompositions.
-    It depends on N (the covariance estimates are biased at small N): compare values at the same N."""
-    a, b = (np.asarray(torch.as_tensor(f).detach().cpu().double()) for f in (feats_a, feats_b))
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"features must be [N, F] with the same F, got {a.shape} and {b.shape}")
-    if min(len(a), len(b)) < 2: raise ValueError(f"need at least 2 samples per set, got {len(a)} and {len(b)}")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()): raise ValueError("features hold NaN or inf")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, V = np.linalg.eigh(cov_a)
-    sqrt_a = (V * np.sqrt(w.clip(min=0))) @ V.T
-    cross = np.sqrt(np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clip(min=0)).sum()  # tr (S_a^1/2 S_b S_a^1/2)^1/2
-    return float(((mu_a - mu_b)**2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
-
-# %% ../nbs/06_prior.ipynb
 def prior_settings(smoke: bool) -> dict:
     "The code prior's size, schedule and data sizes in the lessons (`n_train`/`n_test` None: all images)."
     if smoke: return dict(model=dict(n_layer=2, n_head=2, n_embd=64, dropout=0.1), epochs=3, batch_size=128, lr=3e-3,
@@ -388,10 +314,3 @@ def image_code_grids(vae, codebook, data, smoke: bool, seed: int = 0, latents=No
     all_train = CodeGrids(raw_train, data.y_train[split], K, f"{name} train")
     return dict(train=all_train.subset(slice(n_valid, None), f"{name} train"), valid=all_train.subset(slice(0, n_valid), f"{name} valid"),
                 test=CodeGrids(raw_test, data.y_test[:sp['n_test']], K, f"{name} test"), dropped=dropped)
-
-# %% ../nbs/06_prior.ipynb
-def grid_diversity(codes: torch.Tensor, train_codes: torch.Tensor) -> dict:
-    "Share of unique grids among `codes` `[N, 16]`, and share of `codes` that exactly copy a grid of `train_codes`."
-    rows = [tuple(r) for r in torch.as_tensor(codes).tolist()]
-    seen = {tuple(r) for r in torch.as_tensor(train_codes).tolist()}
-    return {'unique_share': len(set(rows)) / max(len(rows), 1), 'copy_share': sum(r in seen for r in rows) / max(len(rows), 1)}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from vtd.diffusion import (AbsorbingProcess, UniformProcess, LogLinearSchedule, CosineSchedule, TokenDenoiser,
                            PatternDenoiser, masked_diffusion_loss, discrete_time_loss, heldout_bound, ancestral_sample,
                            maskgit_sample, categorical, gumbel_float32_reveal_distribution, make_ar_model, ar_sample,
-                           ar_heldout_bits, distinct_n, unigram_entropy_bits)
+                           ar_heldout_bits, ar_loss, distinct_n, unigram_entropy_bits)
 
 SCHEDULES = [LogLinearSchedule(), CosineSchedule()]
 PROCESSES = [AbsorbingProcess, UniformProcess]
@@ -432,3 +432,85 @@ def test_ar_sample_continues_a_prompt_exactly_and_reads_it():
         ar_sample(ar, 3, 16, prompt=per_row)
     with pytest.raises(ValueError, match='outside the vocabulary'):
         ar_sample(ar, 2, 16, prompt=torch.tensor([50]))
+
+
+# ---- devices (issue 20): a tensor created without the device of its inputs fails loudly ----
+
+def _transformer_reads_values_on_meta() -> bool:
+    "Whether vtd.transformer's id range check still reads values (then nothing can run on the meta device)."
+    from vtd.transformer import Transformer, TransformerConfig
+    with torch.device('meta'): m = Transformer(TransformerConfig(vocab_size=4, block_size=2, n_layer=1, n_head=1, n_embd=8))
+    try: m(torch.zeros(1, 2, dtype=torch.long, device='meta'))
+    except RuntimeError as e: return 'meta' in str(e)
+    return False
+
+
+def _meta_models():
+    torch.manual_seed(0)
+    table = torch.randint(0, 3, (40, 25))
+    with torch.device('meta'):
+        tok = TokenDenoiser(40, 12, n_layer=1, n_head=2, n_embd=32, rope=True)
+        cond = TokenDenoiser(40, 12, n_layer=1, n_head=2, n_embd=32, n_classes=3)
+        unif = TokenDenoiser(40, 12, process='uniform', n_layer=1, n_head=2, n_embd=32, time_cond=True)
+        pat = PatternDenoiser(table.to('meta'), 3, 12, n_layer=1, n_head=2, n_embd=32)
+        ar = make_ar_model(40, 12, n_layer=1, n_head=2, n_embd=32)
+    return tok, cond, unif, pat, ar
+
+
+def test_forward_passes_and_losses_run_on_the_meta_device():
+    "Models and inputs on `meta`: a tensor made on the CPU inside a forward pass or a loss fails loudly."
+    if _transformer_reads_values_on_meta(): pytest.skip("vtd.transformer's id check reads values on meta (needs `not idx.is_meta`)")
+    tok, cond, unif, pat, ar = _meta_models()
+    A, U = AbsorbingProcess(40), UniformProcess(40)
+    x0 = torch.zeros(4, 12, dtype=torch.long, device='meta')
+    g = torch.Generator().manual_seed(0)
+    assert masked_diffusion_loss(tok, A, x0, generator=g).is_meta
+    assert masked_diffusion_loss(tok, A, x0, generator=g, weighting='masked_mean').is_meta
+    assert masked_diffusion_loss(cond, A, x0, generator=g, class_label=torch.zeros(4, dtype=torch.long, device='meta')).is_meta
+    assert discrete_time_loss(tok, A, x0, 10, generator=g).is_meta
+    assert discrete_time_loss(unif, U, x0, 10, generator=g, hybrid_ce=0.01).is_meta
+    for score in ('cells', 'vocabulary', 'both'):
+        pat.score = score
+        assert masked_diffusion_loss(pat, A, x0, generator=g).is_meta
+    pat.score = 'cells'
+    assert pat.decode_cells(torch.zeros(4, 12, 25, dtype=torch.long, device='meta'))[0].is_meta
+    assert ar_loss(ar, x0).is_meta
+    # one reverse step's pieces: the denoiser's draw and the uniform process's posterior
+    probs = tok.x0_probs(torch.full((4, 12), 40, device='meta'), torch.ones(4))
+    assert categorical(probs, g).is_meta
+    assert U.posterior(x0, unif.x0_probs(x0, torch.ones(4)), torch.tensor(0.2), torch.tensor(0.4)).is_meta
+
+
+def test_samplers_and_bounds_create_nothing_off_their_inputs_device():
+    """Models and data on the CPU, torch's default device `meta`: any tensor a sampler or bound creates
+    without naming a device lands on `meta`, and mixing it with the CPU tensors fails loudly."""
+    d, A = _tiny(V=40, L=12), AbsorbingProcess(40)
+    du, U = _tiny(V=40, L=12, process='uniform', time_cond=True), UniformProcess(40)
+    table = torch.randint(0, 3, (40, 25), generator=torch.Generator().manual_seed(0))
+    pd = PatternDenoiser(table, 3, 12, n_layer=1, n_head=2, n_embd=32)
+    ar = make_ar_model(40, 12, n_layer=1, n_head=2, n_embd=32)
+    x0 = torch.randint(0, 40, (6, 12), generator=torch.Generator().manual_seed(0))
+    given = x0.clone(); given[:, 3:] = 40
+    with torch.device('meta'):
+        g = torch.Generator().manual_seed(0)
+        assert ancestral_sample(d, A, 2, 12, 6, g, x_init=given[:2])['tokens'].device.type == 'cpu'
+        assert ancestral_sample(du, U, 2, 12, 3, g, x_init=given[:2])['tokens'].device.type == 'cpu'
+        assert ancestral_sample(pd, A, 2, 12, 4, g)['tokens'].device.type == 'cpu'
+        assert maskgit_sample(d, A, 2, 12, 4, g, x_init=given[:2])['tokens'].device.type == 'cpu'
+        assert ar_sample(ar, 2, 12, g, prompt=x0[0, :3]).device.type == 'cpu'
+        assert math.isfinite(heldout_bound(d, A, x0, n_t=2)['bits_per_token'])
+        assert math.isfinite(heldout_bound(du, U, x0, n_t=2, T=5)['bits_per_token'])
+        assert math.isfinite(ar_heldout_bits(ar, x0)['bits_per_token'])
+        assert masked_diffusion_loss(d, A, x0, generator=g).device.type == 'cpu'
+
+
+def test_float32_probabilities_still_draw_exactly():
+    "MPS has no float64, so its probabilities arrive in float32 and the draw is made on the CPU: the Zipf entropy is kept."
+    V = 4000
+    p = 1 / torch.arange(1, V + 1, dtype=torch.float64); p /= p.sum()
+    H = float(-(p * p.log2()).sum())
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([categorical(p.float().expand(1000, V), g) for _ in range(20)])
+    ce = -p.log2()[x]
+    assert abs(ce.mean().item() - H) < 4 * ce.std().item() / math.sqrt(len(x))
+    assert (x >= V // 2).float().mean() > 0.05     # the rare half of the vocabulary is drawn

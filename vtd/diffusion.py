@@ -24,7 +24,9 @@ __all__ = ['check_time', 'LogLinearSchedule', 'CosineSchedule', 'DiscreteProcess
 # %% ../nbs/08_diffusion.ipynb
 def check_time(t, name: str = 't') -> torch.Tensor:
     "`t` as a float tensor, or a clear error if it is not finite or lies outside [0, 1]."
-    t = torch.as_tensor(t, dtype=torch.float64 if torch.is_tensor(t) and t.dtype == torch.float64 else torch.float32)
+    t = torch.as_tensor(t, dtype=torch.float64 if torch.is_tensor(t) and t.dtype == torch.float64 else torch.float32,
+                        device=t.device if torch.is_tensor(t) else 'cpu')   # times live on the CPU unless given elsewhere
+    if t.is_meta: return t
     if not torch.isfinite(t).all(): raise ValueError(f"{name} must be finite, got {t.flatten()[:5].tolist()}")
     if t.numel() and (t.min() < 0 or t.max() > 1):
         raise ValueError(f"{name} must lie in [0, 1], got values in [{t.min().item():.4g}, {t.max().item():.4g}]")
@@ -47,11 +49,32 @@ class CosineSchedule:
     def weight(self, t): return -self.dalpha(t) / (1 - self.alpha(t))
 
 # %% ../nbs/08_diffusion.ipynb
+def _real(device) -> torch.dtype:
+    "The dtype of exact arithmetic on `device`: float64, or float32 on MPS (which has no float64)."
+    return torch.float32 if torch.device(device).type == 'mps' else torch.float64
+
 def _expand_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    "A per-sequence (or scalar) time broadcast against a `[B, L, ...]` tensor."
-    t = t.to(x.device)
+    "A per-sequence (or scalar) time broadcast against a `[B, L, ...]` tensor, on its device."
+    t = t.to(x.device, _real(x.device) if t.dtype == torch.float64 else t.dtype)
     if t.ndim == 0: return t
     return t.reshape(t.shape + (1,) * (x.ndim - t.ndim))
+
+def _uniform(shape, generator=None, device=None) -> torch.Tensor:
+    """Float64 uniforms in [0, 1), drawn where `generator` lives (a seeded run draws the same numbers on
+    every device), else on `device`; MPS has no float64, so there they are drawn on the CPU."""
+    device = torch.device('cpu' if device is None else device)
+    where = generator.device if generator is not None else (torch.device('cpu') if device.type == 'mps' else device)
+    return torch.rand(shape, generator=generator, dtype=torch.float64, device=where)
+
+def _bernoulli(p, shape, generator=None, device=None) -> torch.Tensor:
+    "A bool tensor on `device`, True with probability `p` (float64, broadcast against `shape`), compared where drawn."
+    u = _uniform(shape, generator, device)
+    return (u < torch.as_tensor(p, dtype=torch.float64, device=u.device)).to(device or 'cpu')
+
+def _randint(high: int, shape, generator=None, device=None) -> torch.Tensor:
+    "Uniform ids in [0, high) on `device`, drawn where `generator` lives."
+    where = generator.device if generator is not None else device
+    return torch.randint(0, high, shape, generator=generator, device=where).to(device or 'cpu')
 
 class DiscreteProcess:
     "Shared checks and sampling; subclasses define the transitions."
@@ -63,7 +86,7 @@ class DiscreteProcess:
     def check_tokens(self, x0: torch.Tensor, name: str = 'x0') -> torch.Tensor:
         "Data token ids: long, in [0, vocab_size); the mask id is never data."
         if not torch.is_tensor(x0) or x0.dtype != torch.long: raise TypeError(f"{name} must be a torch.long tensor of token ids")
-        if x0.numel() and (x0.min() < 0 or x0.max() >= self.vocab_size):
+        if x0.numel() and not x0.is_meta and (x0.min() < 0 or x0.max() >= self.vocab_size):
             bad = x0[(x0 < 0) | (x0 >= self.vocab_size)].unique()[:5].tolist()
             extra = f" ({self.vocab_size} is the [MASK] id, which never appears in data)" if getattr(self, 'mask_id', None) in bad else ''
             raise ValueError(f"{name} holds ids {bad} outside the vocabulary [0, {self.vocab_size}){extra}")
@@ -72,7 +95,7 @@ class DiscreteProcess:
     def q_sample(self, x0: torch.Tensor, t, generator=None) -> torch.Tensor:
         "Draw x_t ~ q(x_t | x_0); `t` is a scalar or one time per sequence."
         self.check_tokens(x0)
-        return categorical(self.marginal(x0, t).double(), generator)
+        return categorical(self.marginal(x0, t), generator)
 
     def _ratio(self, s, t):
         s, t = check_time(s, 's'), check_time(t, 't')
@@ -99,13 +122,13 @@ class AbsorbingProcess(DiscreteProcess):
     def q_sample(self, x0: torch.Tensor, t, generator=None) -> torch.Tensor:
         "x_t ~ q(x_t | x_0): each token is masked independently with probability 1 - α(t)."
         self.check_tokens(x0)
-        a = _expand_like(self.schedule.alpha(check_time(t)).double(), x0)
-        keep = torch.rand(x0.shape, generator=generator, dtype=torch.float64) < a
+        a = self.schedule.alpha(check_time(t)).double()
+        keep = _bernoulli(a.reshape(a.shape + (1,) * (x0.ndim - a.ndim)) if a.ndim else a, x0.shape, generator, x0.device)
         return torch.where(keep, x0, torch.full_like(x0, self.mask_id))
 
     def marginal(self, x0, t) -> torch.Tensor:
         a = _expand_like(self.schedule.alpha(check_time(t)).double(), x0)[..., None]
-        p = F.one_hot(x0, self.n_states).double() * a
+        p = F.one_hot(x0, self.n_states).to(a.dtype) * a
         p[..., self.mask_id] = (1 - a[..., 0]).expand(x0.shape)
         return p
 
@@ -115,8 +138,8 @@ class AbsorbingProcess(DiscreteProcess):
         a_s, a_t = self._ratio(s, t)
         a_s, a_t = _expand_like(a_s, x_t)[..., None], _expand_like(a_t, x_t)[..., None]
         masked = (x_t == self.mask_id)[..., None]
-        reveal = torch.cat([p0.double() * (a_s - a_t) / (1 - a_t), ((1 - a_s) / (1 - a_t)).expand(*x_t.shape, 1)], -1)
-        keep = F.one_hot(x_t, self.n_states).double()
+        reveal = torch.cat([p0.to(a_s.dtype) * (a_s - a_t) / (1 - a_t), ((1 - a_s) / (1 - a_t)).expand(*x_t.shape, 1)], -1)
+        keep = F.one_hot(x_t, self.n_states).to(a_s.dtype)
         return torch.where(masked, reveal, keep)
 
 class UniformProcess(DiscreteProcess):
@@ -135,13 +158,13 @@ class UniformProcess(DiscreteProcess):
     def q_sample(self, x0: torch.Tensor, t, generator=None) -> torch.Tensor:
         "x_t ~ q(x_t | x_0): each token is redrawn uniformly (possibly as itself) with probability 1 - α(t)."
         self.check_tokens(x0)
-        a = _expand_like(self.schedule.alpha(check_time(t)).double(), x0)
-        keep = torch.rand(x0.shape, generator=generator, dtype=torch.float64) < a
-        return torch.where(keep, x0, torch.randint(0, self.vocab_size, x0.shape, generator=generator))
+        a = self.schedule.alpha(check_time(t)).double()
+        keep = _bernoulli(a.reshape(a.shape + (1,) * (x0.ndim - a.ndim)) if a.ndim else a, x0.shape, generator, x0.device)
+        return torch.where(keep, x0, _randint(self.vocab_size, x0.shape, generator, x0.device))
 
     def marginal(self, x0, t) -> torch.Tensor:
         a = _expand_like(self.schedule.alpha(check_time(t)).double(), x0)[..., None]
-        return F.one_hot(x0, self.vocab_size).double() * a + (1 - a) / self.vocab_size
+        return F.one_hot(x0, self.vocab_size).to(a.dtype) * a + (1 - a) / self.vocab_size
 
     def posterior(self, x_t: torch.Tensor, p0: torch.Tensor, s, t) -> torch.Tensor:
         "q(x_s | x_t, x_0) ∝ Q_{t|s}[x_s, x_t] · (p0 Q̄_s)[x_s], in closed form (no V x V matrices)."
@@ -149,29 +172,12 @@ class UniformProcess(DiscreteProcess):
         V = self.vocab_size
         a_s, a_t = _expand_like(a_s, x_t)[..., None], _expand_like(a_t, x_t)[..., None]
         keep = a_t / a_s
-        like = F.one_hot(x_t, V).double() * keep + (1 - keep) / V       # q(x_t | x_s) as a function of x_s
-        prior = p0.double() * a_s + (1 - a_s) / V                         # q(x_s | x_0), averaged over p0
+        like = F.one_hot(x_t, V).to(keep.dtype) * keep + (1 - keep) / V  # q(x_t | x_s) as a function of x_s
+        prior = p0.to(keep.dtype) * a_s + (1 - a_s) / V                         # q(x_s | x_0), averaged over p0
         post = like * prior
         return post / post.sum(-1, keepdim=True)
 
 # %% ../nbs/08_diffusion.ipynb
-def _uniform(shape, generator=None, device=None) -> torch.Tensor:
-    """Float64 uniforms in [0, 1), drawn where `generator` lives (a seeded run draws the same numbers on
-    every device), else on `device`; MPS has no float64, so there they are drawn on the CPU."""
-    device = torch.device('cpu' if device is None else device)
-    where = generator.device if generator is not None else (torch.device('cpu') if device.type == 'mps' else device)
-    return torch.rand(shape, generator=generator, dtype=torch.float64, device=where)
-
-def _bernoulli(p, shape, generator=None, device=None) -> torch.Tensor:
-    "A bool tensor on `device`, True with probability `p` (float64, broadcast against `shape`), compared where drawn."
-    u = _uniform(shape, generator, device)
-    return (u < torch.as_tensor(p, dtype=torch.float64).to(u.device)).to(device or 'cpu')
-
-def _randint(high: int, shape, generator=None, device=None) -> torch.Tensor:
-    "Uniform ids in [0, high) on `device`, drawn where `generator` lives."
-    where = generator.device if generator is not None else device
-    return torch.randint(0, high, shape, generator=generator, device=where).to(device or 'cpu')
-
 def categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
     """One draw per row of `probs` `[..., K]` (non-negative weights, need not sum to one): inverse-CDF
     sampling in float64 (exact to 1e-16; as exact as `torch.multinomial` and much faster for large K).
@@ -188,7 +194,8 @@ def categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
 
 def gumbel_argmax_float32(probs: torch.Tensor, generator=None) -> torch.Tensor:
     "The float32 Gumbel-max draw many samplers use (for the demonstration only: it truncates the tail)."
-    u = torch.rand(probs.shape, generator=generator, dtype=torch.float32)
+    where = generator.device if generator is not None else probs.device
+    u = torch.rand(probs.shape, generator=generator, dtype=torch.float32, device=where).to(probs.device)
     g = -torch.log(-torch.log(u.clamp_min(1e-10)))
     return (probs.float().clamp_min(1e-30).log() + g).argmax(-1)
 
@@ -236,14 +243,14 @@ class TokenDenoiser(nn.Module):
         return F.log_softmax(self.logits(x_t, t, class_label), -1).gather(-1, x0[..., None])[..., 0]
 
     def x0_probs(self, x_t, t, class_label=None) -> torch.Tensor:
-        return F.softmax(self.logits(x_t, t, class_label).double(), -1)
+        return F.softmax(self.logits(x_t, t, class_label).to(_real(x_t.device)), -1)
 
 class PatternEmbedding(nn.Module):
     "A word's input vector: the sum of learned (cell, colour) embeddings over its pattern; `[MASK]` has its own colour."
     def __init__(self, cell_table: torch.Tensor, colors: int, n_embd: int):
         super().__init__()
         V, n_cells = cell_table.shape
-        table = torch.cat([cell_table.long(), torch.full((1, n_cells), colors, dtype=torch.long)])
+        table = torch.cat([cell_table.long(), torch.full((1, n_cells), colors, dtype=torch.long, device=cell_table.device)])
         self.register_buffer('table', table)
         self.cells = nn.Parameter(torch.randn(n_cells, colors + 1, n_embd) * 0.02 / math.sqrt(n_cells))
     def forward(self, idx):
@@ -259,8 +266,8 @@ class PatternDenoiser(nn.Module):
                  word_log_prior: torch.Tensor | None = None):
         super().__init__()
         V, n_cells = cell_table.shape
-        if cell_table.min() < 0 or cell_table.max() >= colors: raise ValueError(f"cell colours must be in [0, {colors})")
-        if torch.unique(cell_table, dim=0).shape[0] != V: raise ValueError("the cell table is not injective: two words share a pattern")
+        if not cell_table.is_meta and (cell_table.min() < 0 or cell_table.max() >= colors): raise ValueError(f"cell colours must be in [0, {colors})")
+        if not cell_table.is_meta and torch.unique(cell_table, dim=0).shape[0] != V: raise ValueError("the cell table is not injective: two words share a pattern")
         self.vocab_size, self.colors, self.n_cells, self.process_kind = V, colors, n_cells, 'absorbing'
         self.register_buffer('table', cell_table.long())
         # the pattern embedding is the transformer's input (its hook); vocab_size only bounds the ids (V words + [MASK])
@@ -281,7 +288,7 @@ class PatternDenoiser(nn.Module):
     def block_size(self): return self.net.cfg.block_size
 
     def cell_log_probs(self, x_t, t) -> torch.Tensor:
-        if x_t.numel() and (x_t.min() < 0 or x_t.max() > self.vocab_size):
+        if x_t.numel() and not x_t.is_meta and (x_t.min() < 0 or x_t.max() > self.vocab_size):
             raise ValueError(f"x_t holds ids outside [0, {self.vocab_size}] (words and [MASK])")
         if x_t.ndim != 2: raise ValueError(f"x_t must be [batch, length], got shape {tuple(x_t.shape)}")
         if x_t.shape[1] > self.block_size:
@@ -311,8 +318,8 @@ class PatternDenoiser(nn.Module):
     def x0_probs(self, x_t, t, class_label=None) -> torch.Tensor:
         "Cell probabilities `[B, L, G*G, C]` (most patterns are no word), or word probabilities with `score='vocabulary'`."
         if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
-        if self.score == 'vocabulary': return self.word_log_probs(x_t, t).double().exp()
-        return self.cell_log_probs(x_t, t).double().exp()
+        if self.score == 'vocabulary': return self.word_log_probs(x_t, t).to(_real(x_t.device)).exp()
+        return self.cell_log_probs(x_t, t).to(_real(x_t.device)).exp()
 
     def decode_cells(self, cells: torch.Tensor):
         "Nearest word by Hamming distance for patterns `[..., G*G]`; also whether the pattern is exactly a word's."
@@ -323,10 +330,17 @@ class PatternDenoiser(nn.Module):
         return best.indices.reshape(cells.shape[:-1]), (best.values < 0.5).reshape(cells.shape[:-1])
 
 # %% ../nbs/08_diffusion.ipynb
+def _device_of(module) -> torch.device:
+    "Where a module's parameters (or buffers) live; the CPU for one that has none."
+    for p in module.parameters(): return p.device
+    for b in module.buffers(): return b.device
+    return torch.device('cpu')
+
 def stratified_times(n: int, generator=None) -> torch.Tensor:
     "n times in (0, 1], one per stratum [k/n, (k+1)/n) with a shared random offset (low-discrepancy t)."
-    u = torch.rand((), generator=generator)
-    return 1 - ((u + torch.arange(n) / n) % 1.0)
+    where = generator.device if generator is not None else 'cpu'   # times live on the CPU (or the generator's device)
+    u = torch.rand((), generator=generator, device=where)
+    return 1 - ((u + torch.arange(n, device=where) / n) % 1.0)
 
 def _check_batch(denoiser, process, x0):
     process.check_tokens(x0)
@@ -368,7 +382,7 @@ def discrete_time_loss(denoiser, process, x0: torch.Tensor, T: int, step=None, g
     _check_batch(denoiser, process, x0)
     if not (isinstance(T, int) and T >= 1): raise ValueError(f"T must be a positive integer, got {T!r}")
     B, L = x0.shape
-    i = (torch.ceil(stratified_times(B, generator) * T).clamp(1, T) if step is None else torch.as_tensor(step).expand(B)).double()
+    i = (torch.ceil(stratified_times(B, generator) * T).clamp(1, T) if step is None else torch.as_tensor(step, device='cpu').expand(B)).double()
     s, t = (i - 1) / T, i / T
     x_t = process.q_sample(x0, t, generator)
     if process.kind == 'absorbing':
@@ -380,11 +394,12 @@ def discrete_time_loss(denoiser, process, x0: torch.Tensor, T: int, step=None, g
         ce = -(lp * masked).sum(1) / masked.sum(1).clamp_min(1)
     else:
         p0 = denoiser.x0_probs(x_t, t.float())
-        q = process.posterior(x_t, F.one_hot(x0, process.vocab_size).double(), s, t)
+        q = process.posterior(x_t, F.one_hot(x0, process.vocab_size).to(p0.dtype), s, t)
         p = process.posterior(x_t, p0, s, t)
-        kl = (q * (q.clamp_min(1e-40).log() - p.clamp_min(1e-40).log())).sum(-1)
+        tiny = torch.finfo(q.dtype).tiny
+        kl = (q * (q.clamp_min(tiny).log() - p.clamp_min(tiny).log())).sum(-1)
         terms = kl.sum(1).float()
-        ce = -p0.gather(-1, x0[..., None])[..., 0].clamp_min(1e-40).log().mean(1).float()
+        ce = -p0.gather(-1, x0[..., None])[..., 0].clamp_min(tiny).log().mean(1).float()
     per_token = T * terms / L + hybrid_ce * ce
     return per_token.mean() if reduction == 'mean' else per_token
 
@@ -400,25 +415,26 @@ def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | 
     if labels is not None and len(labels) != len(data): raise ValueError(f"{len(data)} sequences but {len(labels)} labels")
     if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
     if T is None and process.kind != 'absorbing': raise ValueError("the continuous-time bound here is for the absorbing process; pass T")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)   # on the CPU: the same times and masks on every device
+    dev = _device_of(denoiser)
     was_training = denoiser.training; denoiser.eval()
     per_seq = []
     for b in range(0, len(data), batch_size):
-        x0 = data[b:b + batch_size]; B = len(x0)
-        acc = torch.zeros(B, dtype=torch.float64)
+        x0 = data[b:b + batch_size].to(dev); B = len(x0)
+        acc = torch.zeros(B, dtype=_real(dev), device=dev)
         half = n_t // 2
-        u = (torch.arange(half)[:, None] + torch.rand(half, B, generator=g)) / half   # [half, B]: one stratum per row
+        u = (torch.arange(half, device='cpu')[:, None] + torch.rand(half, B, generator=g, device='cpu')) / half   # [half, B]: one stratum per row
         for uu in torch.cat([u, 1 - u]):                                               # uu: one time per sequence
             if T is None:
-                lab = None if labels is None else labels[b:b + batch_size]
+                lab = None if labels is None else labels[b:b + batch_size].to(dev)
                 acc += masked_diffusion_loss(denoiser, process, x0, t=uu.clamp(1e-6, 1.0), generator=g, reduction='none',
-                                             class_label=lab).double()
+                                             class_label=lab).to(acc.dtype)
             else:
                 step = torch.ceil(uu * T).clamp(1, T).long()
-                acc += discrete_time_loss(denoiser, process, x0, T, step=step, generator=g, reduction='none').double()
+                acc += discrete_time_loss(denoiser, process, x0, T, step=step, generator=g, reduction='none').to(acc.dtype)
         per_seq.append(acc / n_t)
     denoiser.train(was_training)
-    v = torch.cat(per_seq) / math.log(2)
+    v = torch.cat(per_seq).cpu().double() / math.log(2)
     return dict(bits_per_token=v.mean().item(), stderr=(v.std() / math.sqrt(len(v))).item(), n_t=n_t, T=T, n_seqs=len(v))
 
 # %% ../nbs/08_diffusion.ipynb
@@ -433,12 +449,6 @@ def _draw_x0(denoiser, x_t, t, generator, temperature=1.0, class_label=None):
         return ids, conf, exact
     ids = categorical(probs, generator)
     return ids, probs.gather(-1, ids[..., None])[..., 0], torch.ones_like(ids, dtype=torch.bool)
-
-def _device_of(module) -> torch.device:
-    "Where a module's parameters (or buffers) live; the CPU for one that has none."
-    for p in module.parameters(): return p.device
-    for b in module.buffers(): return b.device
-    return torch.device('cpu')
 
 def _check_sampling(denoiser, n, length, steps):
     if length > denoiser.block_size:
@@ -477,12 +487,12 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
     else:
         x = _randint(V, (n, length), generator, dev)
         if given is not None: x = torch.where(free, x, given)
-    conf = torch.zeros(n, length, dtype=torch.float64, device=dev) if given is None else (~free).double()
+    conf = torch.zeros(n, length, dtype=_real(dev), device=dev) if given is None else (~free).to(_real(dev))
     exact = torch.ones(n, length, dtype=torch.bool, device=dev)
     history, n_evals, cached = [], 0, None
     time_cond = denoiser.net.cfg.time_cond if hasattr(denoiser, 'net') else False
     for i in range(steps, 0, -1):
-        s, t = torch.tensor((i - 1) / steps), torch.tensor(i / steps)
+        s, t = torch.tensor((i - 1) / steps, device='cpu'), torch.tensor(i / steps, device='cpu')
         if process.kind == 'absorbing':
             masked = x == mask_id
             if not masked.any(): break
@@ -521,7 +531,7 @@ def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, ste
          else _check_x_init(x_init, process, n, length, dev).clone())
     was_training = denoiser.training; denoiser.eval()
     m0 = [length] * n if x_init is None else (x == process.mask_id).sum(1).tolist()
-    conf = (x != process.mask_id).double(); exact = torch.ones(n, length, dtype=torch.bool, device=dev)
+    conf = (x != process.mask_id).to(_real(dev)); exact = torch.ones(n, length, dtype=torch.bool, device=dev)
     positions = torch.arange(length, device=dev).expand(n, length).contiguous()
     history = []
     for k in range(1, steps + 1):
@@ -551,8 +561,8 @@ def make_ar_model(vocab_size: int, block_size: int, n_layer: int = 4, n_head: in
 def _ar_inputs(model, x0):
     V = model.cfg.n_out
     if x0.dtype != torch.long or x0.ndim != 2: raise TypeError("x0 must be a [batch, length] torch.long tensor")
-    if x0.numel() and (x0.min() < 0 or x0.max() >= V): raise ValueError(f"token ids outside the vocabulary [0, {V})")
-    return torch.cat([torch.full((len(x0), 1), V, dtype=torch.long), x0[:, :-1]], 1)
+    if x0.numel() and not x0.is_meta and (x0.min() < 0 or x0.max() >= V): raise ValueError(f"token ids outside the vocabulary [0, {V})")
+    return torch.cat([torch.full((len(x0), 1), V, dtype=torch.long, device=x0.device), x0[:, :-1]], 1)
 
 def ar_loss(model: Transformer, x0: torch.Tensor, reduction: str = 'mean') -> torch.Tensor:
     "Exact negative log-likelihood in nats per token (`reduction='none'`: per position `[B, L]`)."
@@ -564,11 +574,13 @@ def ar_loss(model: Transformer, x0: torch.Tensor, reduction: str = 'mean') -> to
 def ar_heldout_bits(model: Transformer, data: torch.Tensor, batch_size: int = 64) -> dict:
     "Held-out bits per token (exact), its standard error over sequences, and the mean loss per position."
     was = model.training; model.eval()
-    nll = torch.cat([ar_loss(model, data[b:b + batch_size], 'none') for b in range(0, len(data), batch_size)]) / math.log(2)
+    dev = model.head.weight.device
+    nll = torch.cat([ar_loss(model, data[b:b + batch_size].to(dev), 'none') for b in range(0, len(data), batch_size)]) / math.log(2)
     model.train(was)
+    nll = nll.cpu()   # a summary of a few numbers per sequence, for tables and plots
     per_seq = nll.mean(1)
     return dict(bits_per_token=per_seq.mean().item(), stderr=(per_seq.std() / math.sqrt(len(per_seq))).item(),
-                per_position=nll.mean(0))
+                per_position=nll.mean(0).float())
 
 def _check_prompt(prompt, n, length, V, device) -> torch.Tensor:
     "A prompt `[P]` (shared) or `[n, P]` as `[n, P]` long ids in [0, V) on `device`, P <= length."
@@ -600,7 +612,7 @@ def ar_sample(model: Transformer, n: int, length: int, generator=None, temperatu
     was = model.training; model.eval()
     cache, pos = model.new_cache(), 0
     for i in range(length - (0 if prompt is None else prompt.shape[1])):
-        p = F.softmax(model(tok, cache=cache, pos_offset=pos)[:, -1].double() / temperature, -1)
+        p = F.softmax(model(tok, cache=cache, pos_offset=pos)[:, -1].to(_real(dev)) / temperature, -1)
         pos += tok.shape[1]
         tok = categorical(p, generator)[:, None]; out.append(tok)
     model.train(was)

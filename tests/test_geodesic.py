@@ -6,9 +6,12 @@ import torch
 from torch import nn
 from scipy.sparse import csgraph
 
-from vtd.geodesic import (Codebook, LatentSet, codes_for_images, decode_codes, decoded_segment_lengths, decoder_metric,
-                          fill_unreachable, geodesic_edge_lengths, geodesic_voronoi, grid_latents, jvp_segment_lengths,
-                          kmedoids, knn_graph, largest_component, latents_to_grid, sample_latent_set)
+from vtd.core import fingerprint
+from vtd.data import ImageData
+from vtd.geodesic import (Codebook, GeodesicConfig, LatentSet, codes_for_images, decode_codes, decoded_segment_lengths,
+                          decoder_metric, fill_unreachable, geodesic_edge_lengths, geodesic_voronoi, get_codebook,
+                          get_geodesic_graph, grid_latents, jvp_segment_lengths, kmedoids, knn_graph, largest_component,
+                          latents_to_grid, metric_lengths, sample_latent_set)
 
 
 class TinyVAE(nn.Module):
@@ -103,16 +106,18 @@ def test_unreachable_rule():
     assert filled.min() >= 0 and filled.max() < 2
 
 
-def test_codebook_assign_range_and_hash():
+def test_codebook_assign_range_and_fingerprint():
     cb = Codebook(torch.randn(7, 3, generator=torch.Generator().manual_seed(0)), 'geodesic')
     z = torch.randn(500, 3) * 10
     codes = cb.assign(z)
     assert codes.dtype == torch.int64 and codes.min() >= 0 and codes.max() < cb.K == 7
     assert torch.equal(codes, torch.cdist(z, cb.vectors).argmin(1))
     assert torch.equal(cb.assign(cb.vectors), torch.arange(7))
-    h = cb.hash(); assert h == Codebook(cb.vectors.clone(), 'euclidean').hash() and len(h) == 64
+    h = cb.fingerprint(); assert h == Codebook(cb.vectors.clone(), 'euclidean').fingerprint() and len(h) == 16
+    assert h == fingerprint(cb.vectors)                      # the one hasher
+    assert fingerprint(cb) == fingerprint(Codebook(cb.vectors.clone(), 'euclidean'))   # a codebook can be a cache key's upstream
     v2 = cb.vectors.clone(); v2[3, 1] += 1e-3
-    assert Codebook(v2, 'geodesic').hash() != h
+    assert Codebook(v2, 'geodesic').fingerprint() != h and fingerprint(Codebook(v2, 'geodesic')) != fingerprint(cb)
     with pytest.raises(ValueError, match='latents must be'): cb.assign(torch.randn(4, 5))
     with pytest.raises(ValueError, match='NaN'): cb.assign(torch.full((2, 3), float('nan')))
     with pytest.raises(ValueError, match='kind'): Codebook(torch.randn(2, 3), 'cosine')
@@ -166,3 +171,78 @@ def test_latent_set_checks():
     with pytest.raises(ValueError): sample_latent_set(g, 13)
     ls = sample_latent_set(g, 12, seed=0)
     assert len({(int(i), int(p)) for i, p in zip(ls.image, ls.position)}) == 12
+
+
+def test_config_presets():
+    assert GeodesicConfig.preset(True) == GeodesicConfig.smoke() and GeodesicConfig.smoke().n_vectors == 600
+    full = GeodesicConfig.full()
+    assert (full.n_vectors, full.k_neighbors, full.metric_method, full.max_iter) == (20000, 10, 'fd', 30)
+
+
+@pytest.fixture
+def tiny_data():
+    x = torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    return ImageData(x[:40], torch.zeros(40, dtype=torch.long), x[40:], torch.zeros(10, dtype=torch.long), ['a'], 'random', 'tiny')
+
+
+def test_graph_and_codebook_are_cached_by_config_data_and_vae(tmp_path, monkeypatch, tiny, tiny_data, capsys):
+    monkeypatch.setenv('VTD_CACHE', str(tmp_path))
+    vae, _ = tiny
+    cfg = GeodesicConfig(n_vectors=60, k_neighbors=4)
+    lat, W, info = get_geodesic_graph(vae, tiny_data, cfg, verbose=False)
+    assert len(lat) == 60 and W.shape == (60, 60) and abs(W - W.T).max() < 1e-9 and info['n_edges'] == W.nnz // 2
+    lat2, W2, _ = get_geodesic_graph(vae, tiny_data, cfg)
+    assert 'loaded from the cache' in capsys.readouterr().out
+    assert torch.equal(lat.vectors, lat2.vectors) and (W != W2).nnz == 0
+    cb = get_codebook(vae, tiny_data, 5, 'geodesic', cfg)
+    out = capsys.readouterr().out
+    assert 'geodesic_graph: loaded from the cache' in out and 'codebook: made' in out   # the graph is shared
+    assert cb.K == 5 and cb.kind == 'geodesic' and len(cb.info['train_codes']) == 60 and cb.info['train_codes'].min() >= 0
+    again = get_codebook(vae, tiny_data, 5, 'geodesic', cfg)
+    assert 'codebook: loaded from the cache' in capsys.readouterr().out and torch.equal(again.vectors, cb.vectors)
+    assert torch.equal(again.info['train_codes'], cb.info['train_codes'])
+    get_codebook(vae, tiny_data, 5, 'euclidean', cfg, verbose=False)     # another kind, size, seed: new entries
+    get_codebook(vae, tiny_data, 6, 'geodesic', cfg, verbose=False)
+    get_codebook(vae, tiny_data, 5, 'geodesic', cfg, seed=1, verbose=False)
+    assert len(list((tmp_path / 'codebook').glob('*.pt'))) == 4
+    other = TinyVAE(); other.decoder[0].bias.data += 0.1               # another VAE: a new graph and codebook
+    get_codebook(other.eval(), tiny_data, 5, 'geodesic', cfg, verbose=False)
+    assert len(list((tmp_path / 'geodesic_graph').glob('*.pt'))) == 3 and len(list((tmp_path / 'codebook').glob('*.pt'))) == 5
+    with pytest.raises(ValueError, match='codebook_size'): get_codebook(vae, tiny_data, 0, 'geodesic', cfg)
+    with pytest.raises(ValueError, match='kind'): get_codebook(vae, tiny_data, 5, 'cosine', cfg)
+
+
+def test_device_code_on_the_meta_device():
+    "The VAE-facing code runs on `meta` with a meta VAE: any tensor created on the CPU inside it fails loudly."
+    from vtd.spatial_vae import SpatialVAE
+    with torch.device('meta'):
+        vae = SpatialVAE().eval()
+    x = torch.rand(6, 1, 28, 28, device='meta')
+    grids = grid_latents(vae, x)
+    assert grids.is_meta and grids.shape == (6, 16, 16)
+    pos = torch.zeros(6, dtype=torch.long, device='meta'); za, zb = grids[:, 0], grids[:, 1]
+    for method in ('fd', 'jvp'):
+        M = decoder_metric(vae, grids, pos, method=method, batch_size=4)
+        assert M.is_meta and M.shape == (6, 16, 16)
+    assert metric_lengths(M, M, zb - za).is_meta
+    assert decoded_segment_lengths(vae, grids, pos, za, zb, n_steps=2, batch_size=4).is_meta
+    assert jvp_segment_lengths(vae, grids, pos, za, zb).is_meta
+    ls = LatentSet(grids, torch.arange(6, device='meta'), pos)
+    assert ls.vectors.is_meta and ls.subset([0, 2]).vectors.is_meta
+    cb = Codebook(torch.randn(8, 16, device='meta'), 'euclidean')
+    codes = codes_for_images(vae, cb, x)
+    assert codes.is_meta and codes.shape == (6, 16)
+    assert decode_codes(vae, cb, codes).is_meta
+
+
+def test_meta_test_catches_a_planted_cpu_tensor(monkeypatch):
+    "The meta test can fail: a device-less torch.zeros planted in the metric's loop (as a CPU tensor) raises."
+    import vtd.geodesic as geo
+    from vtd.spatial_vae import SpatialVAE
+    real = geo.latents_to_grid
+    monkeypatch.setattr(geo, 'latents_to_grid', lambda l: real(l) + torch.zeros(1, device='cpu'))
+    with torch.device('meta'):
+        vae = SpatialVAE().eval()
+    grids = torch.rand(2, 16, 16, device='meta')
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        decoder_metric(vae, grids, torch.zeros(2, dtype=torch.long, device='meta'))

@@ -5,9 +5,7 @@
 # %% ../nbs/05_geodesic.ipynb 3
 from __future__ import annotations
 
-import copy, hashlib, json, math, time
-from dataclasses import dataclass, field
-from pathlib import Path
+import copy, math, time
 
 import numpy as np
 import scipy.sparse as sp
@@ -15,36 +13,40 @@ from scipy.sparse import csgraph
 import torch
 from torch import nn
 import torch.nn.functional as F
+from dataclasses import dataclass
+from fastcore.basics import patch
 
-from .core import CheckpointError, fit, load_checkpoint, psnr, save_checkpoint, seed_everything, ssim
+from .core import Config, batches, cached, fingerprint, fit, get_device, psnr, seed_everything
+from .core import progress as progress_bar
 from .data import ImageData
 
 # %% auto 0
-__all__ = ['GEODESIC_SETTINGS', 'CODEBOOK_VERSION', 'grid_latents', 'latents_to_grid', 'LatentSet', 'sample_latent_set',
-           'knn_graph', 'largest_component', 'decoded_segment_lengths', 'jvp_segment_lengths', 'decoder_metric',
-           'metric_lengths', 'geodesic_edge_lengths', 'model_hash', 'build_geodesic_graph', 'get_geodesic_graph',
-           'geodesic_voronoi', 'KMedoidsResult', 'kmedoids', 'fill_unreachable', 'Codebook', 'codes_for_images',
-           'decode_codes', 'build_codebook', 'get_codebook', 'finetune_decoder']
+__all__ = ['grid_latents', 'latents_to_grid', 'LatentSet', 'sample_latent_set', 'knn_graph', 'largest_component',
+           'GeodesicConfig', 'decoded_segment_lengths', 'jvp_segment_lengths', 'decoder_metric', 'metric_lengths',
+           'geodesic_edge_lengths', 'build_geodesic_graph', 'get_geodesic_graph', 'geodesic_voronoi', 'KMedoidsResult',
+           'kmedoids', 'fill_unreachable', 'Codebook', 'codes_for_images', 'decode_codes', 'build_codebook',
+           'get_codebook', 'finetune_decoder']
 
 # %% ../nbs/05_geodesic.ipynb
 def _check_images(images):
     if not torch.is_tensor(images) or images.ndim != 4:
         raise ValueError(f"images must be a float tensor [N, C, H, W], got {tuple(getattr(images, 'shape', ())) or type(images).__name__}")
     if not images.is_floating_point(): raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
-    if not torch.isfinite(images).all(): raise ValueError("images contain NaN or inf")
+    if not images.is_meta and not torch.isfinite(images).all(): raise ValueError("images contain NaN or inf")
 
 def _device(model: nn.Module) -> torch.device: return next(model.parameters()).device
 
 def grid_latents(vae, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    "Posterior means of `vae` for `images` as `[N, G*G, D]`: one D-vector per grid position, positions row-major."
+    "Posterior means of `vae` for `images` as `[N, G*G, D]` on the VAE's device: one D-vector per grid position, row-major."
     _check_images(images)
+    images = images.to(_device(vae))   # moved once, then batched where it lives
     was_training = vae.training; vae.eval(); out = []
     with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            mu = vae.encode(images[i:i + batch_size].to(_device(vae)))[0]
+        for b in images.split(batch_size):
+            mu = vae.encode(b)[0]
             if mu.ndim != 4 or mu.shape[-1] != mu.shape[-2]:
                 raise ValueError(f"vae.encode must give mu [B, D, G, G], got {tuple(mu.shape)}")
-            out.append(mu.flatten(2).transpose(1, 2).cpu())
+            out.append(mu.flatten(2).transpose(1, 2))
     vae.train(was_training)
     return torch.cat(out).contiguous()
 
@@ -67,9 +69,10 @@ class LatentSet:
         if self.grids.ndim != 3: raise ValueError(f"grids must be [M, P, D], got {tuple(self.grids.shape)}")
         if self.image.shape != self.position.shape or self.image.ndim != 1:
             raise ValueError(f"image and position must be equal-length 1-d tensors, got {tuple(self.image.shape)} and {tuple(self.position.shape)}")
-        if len(self.image) and (self.image.min() < 0 or self.image.max() >= len(self.grids)):
+        if self.image.is_meta or not len(self.image): return
+        if self.image.min() < 0 or self.image.max() >= len(self.grids):
             raise ValueError(f"image ids must be in [0, {len(self.grids)})")
-        if len(self.position) and (self.position.min() < 0 or self.position.max() >= self.grids.shape[1]):
+        if self.position.min() < 0 or self.position.max() >= self.grids.shape[1]:
             raise ValueError(f"positions must be in [0, {self.grids.shape[1]})")
 
     @property
@@ -78,14 +81,16 @@ class LatentSet:
     def contexts(self) -> torch.Tensor: return self.grids[self.image]
     def __len__(self): return len(self.image)
     def subset(self, idx) -> 'LatentSet':
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.image.device)
         return LatentSet(self.grids, self.image[idx], self.position[idx])
+    def to(self, device) -> 'LatentSet':
+        return LatentSet(self.grids.to(device), self.image.to(device), self.position.to(device))
 
 def sample_latent_set(grids: torch.Tensor, n: int, seed: int = 0) -> LatentSet:
-    "`n` distinct (image, position) pairs drawn at random from `grids [M, P, D]`."
+    "`n` distinct (image, position) pairs drawn at random from `grids [M, P, D]` (drawn on the CPU, so every device draws the same)."
     m, p, _ = grids.shape
     if not 1 <= n <= m * p: raise ValueError(f"asked for {n} vectors but the grids hold {m * p}")
-    flat = torch.randperm(m * p, generator=torch.Generator().manual_seed(seed))[:n]
+    flat = torch.randperm(m * p, generator=torch.Generator().manual_seed(seed))[:n].to(grids.device)
     return LatentSet(grids, flat // p, flat % p)
 
 # %% ../nbs/05_geodesic.ipynb
@@ -108,6 +113,18 @@ def largest_component(graph) -> np.ndarray:
     return labels == np.bincount(labels).argmax()
 
 # %% ../nbs/05_geodesic.ipynb
+@dataclass(frozen=True)
+class GeodesicConfig(Config):
+    "How the geodesic graph and the codebooks are built (`smoke()`: 600 vectors; `full()`: 20,000)."
+    n_vectors: int = 20000      # latent vectors (image, position) drawn from the training images
+    k_neighbors: int = 10       # of the k-NN graph
+    metric_method: str = 'fd'   # how `decoder_metric` gets the Jacobian: 'fd' or 'jvp'
+    max_iter: int = 30          # k-medoids iterations at most
+
+    @classmethod
+    def smoke(cls): return cls(n_vectors=600)
+
+# %% ../nbs/05_geodesic.ipynb
 def _with_position(grids: torch.Tensor, pos: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     "grids `[B, P, D]` with position `pos[b]` replaced by `z[b]` (no in-place writes, so autodiff sees it)."
     onehot = F.one_hot(pos, grids.shape[1]).to(grids.dtype)[:, :, None]
@@ -116,47 +133,49 @@ def _with_position(grids: torch.Tensor, pos: torch.Tensor, z: torch.Tensor) -> t
 def decoded_segment_lengths(vae, contexts, pos, za, zb, n_steps: int = 8, batch_size: int = 256) -> torch.Tensor:
     """Length of each straight segment `za -> zb` placed at position `pos` of its context grid `contexts [E, P, D]`,
     measured in the decoder's output: decode `n_steps + 1` evenly spaced points and sum the L2 distances
-    between consecutive decoded images. Returns `[E]`."""
+    between consecutive decoded images. Returns `[E]`, on the VAE's device."""
     if n_steps < 1: raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     if not (len(contexts) == len(pos) == len(za) == len(zb)):
         raise ValueError(f"contexts, pos, za, zb must have equal lengths, got {len(contexts)}, {len(pos)}, {len(za)}, {len(zb)}")
-    dev = _device(vae); t = torch.linspace(0, 1, n_steps + 1, device=dev); T = len(t); out = []
+    dev = _device(vae); contexts, pos, za, zb = (v.to(dev) for v in (contexts, pos, za, zb))
+    t = torch.linspace(0, 1, n_steps + 1, device=dev); T = len(t); out = []
     with torch.no_grad():
         for i in range(0, len(za), batch_size):
-            g, p, a, b = (v[i:i + batch_size].to(dev) for v in (contexts, pos, za, zb))
+            g, p, a, b = (v[i:i + batch_size] for v in (contexts, pos, za, zb))
             pts = a[:, None] + t[None, :, None] * (b - a)[:, None]                      # [B, T, D]
             grid = _with_position(g.repeat_interleave(T, 0), p.repeat_interleave(T), pts.reshape(len(a) * T, -1))
             x = vae.decode(latents_to_grid(grid)).reshape(len(a), T, -1)
             length = (x[:, 1:] - x[:, :-1]).norm(dim=-1).sum(1)
             # identical endpoints: exactly 0 (batched convolutions can differ by rounding between batch rows)
-            out.append(torch.where((b == a).all(-1), torch.zeros_like(length), length).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+            out.append(torch.where((b == a).all(-1), torch.zeros_like(length), length))
+    return torch.cat(out) if out else torch.zeros(0, device=dev)
 
 # %% ../nbs/05_geodesic.ipynb
 def jvp_segment_lengths(vae, contexts, pos, za, zb, batch_size: int = 256) -> torch.Tensor:
-    "First-order length `|J(za) (zb - za)|` of each segment, one `torch.func.jvp` per segment. Returns `[E]`."
+    "First-order length `|J(za) (zb - za)|` of each segment, one `torch.func.jvp` per segment. Returns `[E]`, on the VAE's device."
     from torch.func import jvp
-    dev = _device(vae); out = []
+    dev = _device(vae); contexts, pos, za, zb = (v.to(dev) for v in (contexts, pos, za, zb)); out = []
     for i in range(0, len(za), batch_size):
-        g, p, a, b = (v[i:i + batch_size].to(dev) for v in (contexts, pos, za, zb))
+        g, p, a, b = (v[i:i + batch_size] for v in (contexts, pos, za, zb))
         f = lambda z: vae.decode(latents_to_grid(_with_position(g, p, z))).flatten(1)
         with torch.no_grad(): _, jv = jvp(f, (a,), (b - a,))
-        out.append(jv.norm(dim=-1).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+        out.append(jv.norm(dim=-1))
+    return torch.cat(out) if out else torch.zeros(0, device=dev)
 
+# %% ../nbs/05_geodesic.ipynb
 def decoder_metric(vae, contexts, pos, z=None, method: str = 'fd', eps: float = 1e-3, batch_size: int = 64,
                    progress: bool = False) -> torch.Tensor:
     """Pull-back metric `J^T J` `[N, D, D]` of the decoder with respect to the vector at position `pos` of each
-    context grid, evaluated at `z` (default: the context's own vector there). `method='jvp'`: J from D
-    forward-mode passes (`torch.func.jvp`), exact; `'fd'`: forward differences with step `eps`, D + 1 decodes."""
+    context grid, evaluated at `z` (default: the context's own vector there), on the VAE's device. `method='jvp'`:
+    J from D forward-mode passes (`torch.func.jvp`), exact; `'fd'`: forward differences with step `eps`, D + 1 decodes."""
     if method not in ('fd', 'jvp'): raise ValueError(f"method must be 'fd' or 'jvp', got {method!r}")
     from torch.func import jvp
-    dev = _device(vae); n, P, D = contexts.shape
-    z = contexts[torch.arange(n), pos] if z is None else z
+    dev = _device(vae); contexts, pos = contexts.to(dev), pos.to(dev); n, P, D = contexts.shape
+    z = contexts[torch.arange(n, device=dev), pos] if z is None else z.to(dev)
     eye = torch.eye(D, device=dev); out = []
-    from tqdm.auto import tqdm
-    for i in tqdm(range(0, n, batch_size), desc=f'decoder metric ({method})', disable=not progress, leave=False, mininterval=2):
-        g, p, zz = (v[i:i + batch_size].to(dev) for v in (contexts, pos, z))
+    acc = torch.float32 if dev.type == 'mps' else torch.float64   # J J^T accumulates in float64 where the device has it (MPS has not)
+    for i in progress_bar(range(0, n, batch_size), desc=f'decoder metric ({method})', disable=not progress):
+        g, p, zz = (v[i:i + batch_size] for v in (contexts, pos, z))
         nb = len(g)
         g_rep, p_rep, z_rep = g.repeat_interleave(D, 0), p.repeat_interleave(D), zz.repeat_interleave(D, 0)
         basis = eye.repeat(nb, 1)                                         # copy d of each vector moves along axis d
@@ -167,9 +186,9 @@ def decoder_metric(vae, contexts, pos, z=None, method: str = 'fd', eps: float = 
                 cl = lambda grid: vae.decode(grid.contiguous(memory_format=torch.channels_last)).reshape(len(grid), -1)
                 x0 = cl(latents_to_grid(_with_position(g, p, zz)))
                 J = (cl(latents_to_grid(_with_position(g_rep, p_rep, z_rep + eps * basis))) - x0.repeat_interleave(D, 0)) / eps
-        J = J.reshape(nb, D, -1).double()
-        out.append((J @ J.transpose(1, 2)).float().cpu())
-    return torch.cat(out)
+        J = J.reshape(nb, D, -1).to(acc)
+        out.append((J @ J.transpose(1, 2)).float())
+    return torch.cat(out) if out else torch.zeros(0, D, D, device=dev)
 
 def metric_lengths(metric_a: torch.Tensor, metric_b: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
     "First-order edge lengths: the mean of `sqrt(dz^T M dz)` under each endpoint's metric (symmetric in a, b)."
@@ -183,51 +202,31 @@ def geodesic_edge_lengths(vae, latents: LatentSet, graph, method: str = 'metric'
     """Re-weight every edge of `graph` by its length through the decoder. Edge i-j is measured at i's position in
     i's own image and at j's position in j's own image (the other positions fixed) and the two are averaged,
     so the result is symmetric. `method='metric'`: first order, `sqrt(dz^T J^T J dz)` with the metric from
-    `decoder_metric` (pass `metric [N, D, D]` to reuse one); `'sampled'`: decode `n_steps + 1` points per segment."""
+    `decoder_metric` (pass `metric [N, D, D]` to reuse one); `'sampled'`: decode `n_steps + 1` points per segment.
+    The decoder runs on the VAE's device; the graph stays a SciPy matrix on the CPU."""
     if method not in ('metric', 'sampled'): raise ValueError(f"method must be 'metric' or 'sampled', got {method!r}")
     if graph.shape != (len(latents), len(latents)):
         raise ValueError(f"graph is {graph.shape} but there are {len(latents)} latent vectors")
+    latents = latents.to(_device(vae))
     G = sp.triu(sp.csr_matrix(graph), k=1).tocoo()
-    i, j = torch.as_tensor(G.row, dtype=torch.long), torch.as_tensor(G.col, dtype=torch.long)
+    dev = latents.image.device
+    i, j = (torch.as_tensor(v, dtype=torch.long).to(dev) for v in (G.row, G.col))
     Z = latents.vectors
     if method == 'metric':
-        M = decoder_metric(vae, latents.contexts, latents.position, method=metric_method, progress=progress) if metric is None else metric
+        M = decoder_metric(vae, latents.contexts, latents.position, method=metric_method, progress=progress) if metric is None else metric.to(dev)
         if M.shape != (len(latents), Z.shape[1], Z.shape[1]): raise ValueError(f"metric must be [N, D, D], got {tuple(M.shape)}")
         w = metric_lengths(M[i], M[j], Z[j] - Z[i])
     else:
         li = decoded_segment_lengths(vae, latents.contexts[i], latents.position[i], Z[i], Z[j], n_steps, batch_size)
         lj = decoded_segment_lengths(vae, latents.contexts[j], latents.position[j], Z[j], Z[i], n_steps, batch_size)
         w = (li + lj) / 2
-    w = np.maximum(w.double().numpy(), 1e-12)   # a zero-length edge stays an edge
+    w = np.maximum(w.cpu().double().numpy(), 1e-12)   # back to the CPU once; a zero-length edge stays an edge
     rows, cols = np.concatenate([G.row, G.col]), np.concatenate([G.col, G.row])
     W = sp.csr_matrix((np.concatenate([w, w]), (rows, cols)), shape=graph.shape)
     W.sort_indices()
     return W
 
 # %% ../nbs/05_geodesic.ipynb
-GEODESIC_SETTINGS = {'smoke': dict(n_vectors=600, k_neighbors=10), 'full': dict(n_vectors=20000, k_neighbors=10)}
-CODEBOOK_VERSION = 1
-
-def _cache_dir() -> Path:
-    from vtd.spatial_vae import cache_dir
-    return cache_dir()
-
-def model_hash(model: nn.Module) -> str:
-    "sha256 (16 hex digits) of a model's weights."
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-def _key_path(prefix: str, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return _cache_dir() / f"{prefix}_{key['data']}_{'smoke' if key['smoke'] else 'full'}_seed{key['seed']}_{digest}.pt"
-
-def _graph_key(vae, data: ImageData, smoke: bool, seed: int) -> dict:
-    from vtd.spatial_vae import data_fingerprint
-    return {'version': CODEBOOK_VERSION, **GEODESIC_SETTINGS['smoke' if smoke else 'full'], 'vae': model_hash(vae),
-            'data': data.name or 'unnamed', 'data_fingerprint': data_fingerprint(data.x_train), 'smoke': bool(smoke), 'seed': int(seed)}
-
 def build_geodesic_graph(vae, images: torch.Tensor, n_vectors: int, k_neighbors: int = 10, seed: int = 0,
                          metric_method: str = 'fd', progress: bool = True) -> tuple[LatentSet, sp.csr_matrix, dict]:
     "Sample `n_vectors` latent vectors (with contexts) from `images`, build the k-NN graph, re-weight it through the decoder. Timed."
@@ -240,24 +239,32 @@ def build_geodesic_graph(vae, images: torch.Tensor, n_vectors: int, k_neighbors:
     info = {'seconds': t, 'n_edges': int(W.nnz // 2), 'largest_component': int(largest_component(W).sum())}
     return latents, W, info
 
-def get_geodesic_graph(vae, data: ImageData, smoke: bool, seed: int = 0, verbose: bool = True) -> tuple[LatentSet, sp.csr_matrix, dict]:
-    "The cached (or freshly built) `LatentSet`, geodesic graph and build info for `vae` on `data.x_train`."
-    key = _graph_key(vae, data, smoke, seed); path = _key_path('geodesic_graph', key)
-    if path.exists():
-        try:
-            ck = load_checkpoint(path, expected_config=key, kind='geodesic_graph'); s = ck['state_dict']
-            W = sp.csr_matrix((s['data'].numpy(), s['indices'].numpy(), s['indptr'].numpy()), shape=(len(s['image']),) * 2)
-            if verbose: print(f"loaded the cached geodesic graph from {path}")
-            return LatentSet(s['grids'], s['image'], s['position']), W, ck['extra']
-        except CheckpointError as e:
-            if verbose: print(f"cannot use the cached graph ({e}); rebuilding")
-    if verbose: print(f"building the geodesic graph ({key['n_vectors']} vectors, k={key['k_neighbors']})")
-    latents, W, info = build_geodesic_graph(vae, data.x_train, key['n_vectors'], key['k_neighbors'], seed, progress=verbose)
-    state = {'grids': latents.grids, 'image': latents.image, 'position': latents.position,
-             'data': torch.from_numpy(W.data), 'indices': torch.from_numpy(W.indices.astype(np.int64)),
-             'indptr': torch.from_numpy(W.indptr.astype(np.int64))}
-    save_checkpoint(path, state, key, kind='geodesic_graph', extra=info)
-    return latents, W, info
+# %% ../nbs/05_geodesic.ipynb
+def _on(vae, device):
+    "`vae` itself if it is on `device` (None: where it is), else a copy there (the caller's model is never moved)."
+    dev = _device(vae) if device is None else get_device(device)
+    return (vae if _device(vae) == dev else copy.deepcopy(vae).to(dev)), dev
+
+def _graph(vae, data: ImageData, data_key: str, cfg: GeodesicConfig, seed: int, device, verbose: bool):
+    "The graph for `get_geodesic_graph` and `get_codebook`; `data_key` is `fingerprint(data.x_train)`, hashed once by the caller."
+    vae, dev = _on(vae, device)
+    def make():
+        latents, W, info = build_geodesic_graph(vae, data.x_train, cfg.n_vectors, cfg.k_neighbors, seed, cfg.metric_method, progress=verbose)
+        return {'grids': latents.grids, 'image': latents.image, 'position': latents.position,
+                'data': torch.from_numpy(W.data), 'indices': torch.from_numpy(W.indices.astype(np.int64)),
+                'indptr': torch.from_numpy(W.indptr.astype(np.int64)), **info}
+    settings = dict(n_vectors=cfg.n_vectors, k_neighbors=cfg.k_neighbors, metric_method=cfg.metric_method, seed=int(seed))
+    s = cached('geodesic_graph', settings, make, data=data_key, upstream=(vae,), verbose=verbose)
+    W = sp.csr_matrix((s['data'].cpu().numpy(), s['indices'].cpu().numpy(), s['indptr'].cpu().numpy()), shape=(len(s['image']),) * 2)
+    info = {k: s[k] for k in ('seconds', 'n_edges', 'largest_component')}
+    return LatentSet(s['grids'], s['image'], s['position']).to(dev), W, info
+
+def get_geodesic_graph(vae, data: ImageData, cfg: GeodesicConfig, seed: int = 0, device=None,
+                       verbose: bool = True) -> tuple[LatentSet, sp.csr_matrix, dict]:
+    """The `LatentSet`, geodesic graph (SciPy CSR, CPU) and build info for `vae` on `data.x_train` with the settings
+    `cfg`: loaded from the cache (`vtd.core.cached`, keyed by `cfg`, the seed, the images and the VAE's weights),
+    or built on `device` (default: the VAE's) and cached. The `LatentSet` is on that device."""
+    return _graph(vae, data, fingerprint(data.x_train), cfg, seed, device, verbose)
 
 # %% ../nbs/05_geodesic.ipynb
 def geodesic_voronoi(graph, sources) -> tuple[np.ndarray, np.ndarray]:
@@ -281,17 +288,56 @@ class KMedoidsResult:
     n_iter: int
     metric: str               # 'graph' or 'euclidean'
 
+def _nearest(X: torch.Tensor, C: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    "Squared Euclidean distance to, and index of, the nearest row of `C` for each row of `X` (chunked, float64 where the device has it)."
+    acc = torch.float32 if X.device.type == 'mps' else torch.float64
+    X, C = X.to(acc), C.to(acc); c2 = (C * C).sum(1); d2s, idx = [], []
+    for i in range(0, len(X), chunk):
+        x = X[i:i + chunk]
+        d2 = ((x * x).sum(1, keepdim=True) - 2 * x @ C.T + c2).clamp_min(0)
+        m, a = d2.min(1); d2s.append(m); idx.append(a)
+    return torch.cat(d2s), torch.cat(idx)
+
+def _assign(X: np.ndarray, medoids: np.ndarray, graph) -> tuple[np.ndarray, np.ndarray]:
+    "Each node's cell and distance to its medoid: one multi-source Dijkstra on `graph`, or Euclidean without one."
+    if graph is not None: return geodesic_voronoi(graph, medoids)
+    d2, lab = _nearest(torch.from_numpy(X), torch.from_numpy(X[medoids]))
+    labels, dist = lab.numpy().astype(np.int64), d2.double().sqrt().numpy()
+    labels[medoids], dist[medoids] = np.arange(len(medoids)), 0.0   # ties: a medoid is in its own cell
+    return labels, dist
+
+# %% ../nbs/05_geodesic.ipynb
 def _best_member(D: np.ndarray, power: float) -> int:
     "Row with the smallest sum of D**power; rows reaching fewer members lose first."
     n_inf = np.isinf(D).sum(1); cost = (np.where(np.isinf(D), 0, D) ** power).sum(1)
     return int(np.lexsort((cost, n_inf))[0])
 
+def _update_medoids(X: np.ndarray, labels: np.ndarray, medoids: np.ndarray, graph, power: float) -> np.ndarray:
+    "Each cell's new medoid: the member with the smallest sum of distances**power to the others, paths kept inside the cell."
+    from scipy.spatial.distance import cdist
+    K = len(medoids)
+    order = np.argsort(labels, kind='stable'); starts = np.searchsorted(labels[order], np.arange(K + 1))
+    if graph is not None:   # keep only edges inside a cell, nodes sorted by cell: each cell is a diagonal block
+        same = labels[graph.indices] == np.repeat(labels, np.diff(graph.indptr))
+        inner = sp.csr_matrix((graph.data * same, graph.indices.copy(), graph.indptr.copy()), shape=graph.shape)
+        inner.eliminate_zeros(); inner = inner[order][:, order].tocsr()
+    new = medoids.copy()
+    for c in range(K):
+        s, e = starts[c], starts[c + 1]
+        if e - s <= 2: continue
+        members = order[s:e]
+        D = (csgraph.shortest_path(inner[s:e, s:e], method='D', directed=False) if graph is not None
+             else cdist(X[members], X[members]))
+        new[c] = members[_best_member(D, power)]
+    return new
+
+# %% ../nbs/05_geodesic.ipynb
 def kmedoids(vectors, K: int, graph=None, max_iter: int = 30, power: float = 2.0, seed: int = 0, init=None) -> KMedoidsResult:
     """Alternating (Voronoi-iteration) k-medoids of `vectors [N, D]`. With `graph` (sparse [N, N] edge lengths):
     geodesic, cells from multi-source Dijkstra, each new medoid the member with the smallest sum of squared
-    path lengths inside its cell. Without: Euclidean. Starts from k-means++ (or `init`), stops when no medoid moves."""
+    path lengths inside its cell. Without: Euclidean. Starts from k-means++ (or `init`), stops when no medoid moves.
+    NumPy/SciPy on the CPU (the vectors are moved there once)."""
     from sklearn.cluster import kmeans_plusplus
-    from scipy.spatial.distance import cdist
     X = np.asarray(torch.as_tensor(vectors, dtype=torch.float32).cpu()); n = len(X)
     if X.ndim != 2: raise ValueError(f"vectors must be [N, D], got {X.shape}")
     if not 1 <= K <= n: raise ValueError(f"K must be in [1, N={n}], got {K}")
@@ -302,88 +348,61 @@ def kmedoids(vectors, K: int, graph=None, max_iter: int = 30, power: float = 2.0
         if graph.shape != (n, n): raise ValueError(f"graph is {graph.shape}, expected ({n}, {n})")
     history = []
     for it in range(1, max_iter + 1):
-        if graph is not None: labels, dist = geodesic_voronoi(graph, medoids)
-        else:
-            d2, lab = _nearest(torch.from_numpy(X), torch.from_numpy(X[medoids]))
-            labels, dist = lab.numpy().astype(np.int64), d2.double().sqrt().numpy()
-            labels[medoids], dist[medoids] = np.arange(K), 0.0   # ties: a medoid is in its own cell
+        labels, dist = _assign(X, medoids, graph)
         reached = labels >= 0; history.append(float((dist[reached] ** power).sum()))
-        order = np.argsort(labels, kind='stable'); starts = np.searchsorted(labels[order], np.arange(K + 1))
-        if graph is not None:   # keep only edges inside a cell, nodes sorted by cell: each cell is a diagonal block
-            same = labels[graph.indices] == np.repeat(labels, np.diff(graph.indptr))
-            inner = sp.csr_matrix((graph.data * same, graph.indices.copy(), graph.indptr.copy()), shape=graph.shape)
-            inner.eliminate_zeros(); inner = inner[order][:, order].tocsr()
-        new = medoids.copy()
-        for c in range(K):
-            s, e = starts[c], starts[c + 1]
-            if e - s <= 2: continue
-            members = order[s:e]
-            D = (csgraph.shortest_path(inner[s:e, s:e], method='D', directed=False) if graph is not None
-                 else cdist(X[members], X[members]))
-            new[c] = members[_best_member(D, power)]
+        new = _update_medoids(X, labels, medoids, graph, power)
         if np.array_equal(new, medoids): break
         medoids = new
     return KMedoidsResult(medoids, labels, dist, history, it, 'graph' if graph is not None else 'euclidean')
 
-def _nearest(X: torch.Tensor, C: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    "Squared Euclidean distance to, and index of, the nearest row of `C` for each row of `X` (chunked, float64)."
-    X, C = X.double(), C.double(); c2 = (C * C).sum(1); d2s, idx = [], []
-    for i in range(0, len(X), chunk):
-        x = X[i:i + chunk]
-        d2 = ((x * x).sum(1, keepdim=True) - 2 * x @ C.T + c2).clamp_min(0)
-        m, a = d2.min(1); d2s.append(m); idx.append(a)
-    return torch.cat(d2s), torch.cat(idx)
-
 # %% ../nbs/05_geodesic.ipynb
 def fill_unreachable(vectors, medoid_vectors, labels) -> tuple[np.ndarray, int]:
     """The rule for vectors the graph cannot reach (label -1): the nearest medoid in Euclidean latent distance.
-    Returns labels in [0, K) and how many vectors needed the rule."""
+    Returns labels in [0, K) and how many vectors needed the rule (NumPy, on the CPU)."""
     labels = np.asarray(labels).astype(np.int64).copy(); miss = labels < 0
     K = len(medoid_vectors)
     if (labels >= K).any(): raise ValueError(f"labels must be < K={K}")
     if miss.any():
-        X = torch.as_tensor(vectors, dtype=torch.float32)[torch.from_numpy(miss)]
-        labels[miss] = _nearest(X, torch.as_tensor(medoid_vectors, dtype=torch.float32))[1].numpy()
+        X = torch.as_tensor(vectors, dtype=torch.float32).cpu()[torch.from_numpy(miss)]
+        labels[miss] = _nearest(X, torch.as_tensor(medoid_vectors, dtype=torch.float32).cpu())[1].numpy()
     return labels, int(miss.sum())
 
 # %% ../nbs/05_geodesic.ipynb
-@dataclass
 class Codebook:
     """K code vectors `[K, D]` chosen by k-medoids ('euclidean' or 'geodesic'). `assign` gives every latent vector
     a code in [0, K), never -1: the nearest code vector in Euclidean latent distance (also the rule for vectors
     the graph could not reach, and for new vectors that were never in it)."""
-    vectors: torch.Tensor
-    kind: str
-    info: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32).detach().cpu().contiguous()
+    def __init__(self, vectors: torch.Tensor, kind: str, info: dict | None = None):
+        self.vectors = torch.as_tensor(vectors).detach().float().contiguous()
+        self.kind, self.info = kind, dict(info or {})
         if self.vectors.ndim != 2 or len(self.vectors) == 0: raise ValueError(f"vectors must be [K, D] with K >= 1, got {tuple(self.vectors.shape)}")
-        if not torch.isfinite(self.vectors).all(): raise ValueError("codebook vectors contain NaN or inf")
+        if not self.vectors.is_meta and not torch.isfinite(self.vectors).all(): raise ValueError("codebook vectors contain NaN or inf")
         if self.kind not in ('euclidean', 'geodesic'): raise ValueError(f"kind must be 'euclidean' or 'geodesic', got {self.kind!r}")
 
     @property
     def K(self) -> int: return len(self.vectors)
     @property
     def dim(self) -> int: return self.vectors.shape[1]
+    @property
+    def device(self) -> torch.device: return self.vectors.device
+    def to(self, device) -> 'Codebook': return Codebook(self.vectors.to(device), self.kind, self.info)
+    def fingerprint(self) -> str:
+        "`vtd.core.fingerprint` of the vectors: what identifies the codes (the kind does not change them)."
+        return fingerprint(self.vectors)
+    def __repr__(self): return f"Codebook({self.kind}, K={self.K}, D={self.dim}, fingerprint {self.fingerprint()})"
 
-    def hash(self) -> str:
-        "sha256 of the vectors (shape and float32 bytes)."
-        h = hashlib.sha256(str(tuple(self.vectors.shape)).encode()); h.update(self.vectors.numpy().tobytes())
-        return h.hexdigest()
-
-    def assign(self, latents: torch.Tensor) -> torch.Tensor:
-        "Codes `[M]` (int64, in [0, K)) of latent vectors `[M, D]`: the nearest code vector in Euclidean distance."
-        latents = torch.as_tensor(latents)
-        if latents.ndim != 2 or latents.shape[1] != self.dim:
-            raise ValueError(f"latents must be [M, {self.dim}], got {tuple(latents.shape)}")
-        if not torch.isfinite(latents).all(): raise ValueError("latents contain NaN or inf")
-        return _nearest(latents.detach().cpu().float(), self.vectors)[1].long()
-
-    def __repr__(self): return f"Codebook({self.kind}, K={self.K}, D={self.dim}, hash {self.hash()[:12]})"
+# %% ../nbs/05_geodesic.ipynb
+@patch
+def assign(self: Codebook, latents: torch.Tensor) -> torch.Tensor:
+    "Codes `[M]` (int64, in [0, K), on the latents' device) of latent vectors `[M, D]`: the nearest code vector in Euclidean distance."
+    latents = torch.as_tensor(latents)
+    if latents.ndim != 2 or latents.shape[1] != self.dim:
+        raise ValueError(f"latents must be [M, {self.dim}], got {tuple(latents.shape)}")
+    if not latents.is_meta and not torch.isfinite(latents).all(): raise ValueError("latents contain NaN or inf")
+    return _nearest(latents.detach().float(), self.vectors.to(latents.device))[1].long()
 
 def codes_for_images(vae, codebook: Codebook, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    "Codes `[N, G*G]` (row-major grid positions) of `images` through `vae`'s posterior means and `codebook.assign`."
+    "Codes `[N, G*G]` (row-major grid positions, on the VAE's device) of `images` through `vae`'s posterior means and `codebook.assign`."
     lat = grid_latents(vae, images, batch_size)
     return codebook.assign(lat.reshape(-1, lat.shape[-1])).reshape(lat.shape[0], lat.shape[1])
 
@@ -391,25 +410,26 @@ def _check_codes(codes, K):
     codes = torch.as_tensor(codes)
     if codes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8): raise ValueError(f"codes must be integers, got {codes.dtype}")
     if codes.ndim != 2: raise ValueError(f"codes must be [N, G*G], got {tuple(codes.shape)}")
-    if codes.numel() and (codes.min() < 0 or codes.max() >= K):
+    if not codes.is_meta and codes.numel() and (codes.min() < 0 or codes.max() >= K):
         raise ValueError(f"codes must be in [0, {K}), got values in [{codes.min().item()}, {codes.max().item()}]")
     return codes.long()
 
 def decode_codes(vae, codebook: Codebook, codes: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    "Images `[N, C, H, W]` decoded from code grids `[N, G*G]`."
+    "Images `[N, C, H, W]` (on the VAE's device) decoded from code grids `[N, G*G]`."
     codes = _check_codes(codes, codebook.K)
     if math.isqrt(codes.shape[1]) ** 2 != codes.shape[1]: raise ValueError(f"{codes.shape[1]} codes per image do not make a square grid")
+    dev = _device(vae); codes, vectors = codes.to(dev), codebook.vectors.to(dev)
     was = vae.training; vae.eval(); out = []
     with torch.no_grad():
-        for c in codes.split(batch_size):
-            out.append(vae.decode(latents_to_grid(codebook.vectors[c]).to(_device(vae))).cpu())
+        for c in codes.split(batch_size): out.append(vae.decode(latents_to_grid(vectors[c])))
     vae.train(was)
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out) if out else torch.zeros(0, device=dev)
 
 # %% ../nbs/05_geodesic.ipynb
-def build_codebook(latents: LatentSet, K: int, kind: str, graph=None, seed: int = 0, max_iter: int = 30) -> Codebook:
-    "A codebook of K medoids of `latents`: Euclidean k-medoids, or geodesic k-medoids on `graph`'s largest component."
-    X = latents.vectors
+def build_codebook(latents: LatentSet, codebook_size: int, kind: str, graph=None, seed: int = 0, max_iter: int = 30) -> Codebook:
+    """A codebook of `codebook_size` medoids of `latents`: Euclidean k-medoids, or geodesic k-medoids on `graph`'s
+    largest component (k-medoids runs in NumPy/SciPy on the CPU; the codebook is on the latents' device)."""
+    X = latents.vectors; K = codebook_size
     t0 = time.perf_counter()
     if kind == 'euclidean':
         r = kmedoids(X, K, seed=seed, max_iter=max_iter); medoids, labels, n_unreachable = r.medoids, r.labels, 0
@@ -417,47 +437,48 @@ def build_codebook(latents: LatentSet, K: int, kind: str, graph=None, seed: int 
         if graph is None: raise ValueError("a geodesic codebook needs the geodesic graph (see geodesic_edge_lengths)")
         idx = np.flatnonzero(largest_component(graph))
         if len(idx) < K: raise ValueError(f"the largest component has {len(idx)} nodes, fewer than K={K}")
-        r = kmedoids(X[idx], K, graph=sp.csr_matrix(graph)[idx][:, idx], seed=seed, max_iter=max_iter)
+        r = kmedoids(X[torch.as_tensor(idx, device=X.device)], K, graph=sp.csr_matrix(graph)[idx][:, idx], seed=seed, max_iter=max_iter)
         medoids = idx[r.medoids]
         labels = np.full(len(X), -1, dtype=np.int64); labels[idx] = r.labels
-        labels, n_unreachable = fill_unreachable(X, X[medoids], labels)
+        labels, n_unreachable = fill_unreachable(X, X[torch.as_tensor(medoids, device=X.device)], labels)
     else: raise ValueError(f"kind must be 'euclidean' or 'geodesic', got {kind!r}")
     dist = r.dist[np.isfinite(r.dist)]
     info = {'n_vectors': len(X), 'n_unreachable': n_unreachable, 'iterations': r.n_iter, 'objective': r.history[-1],
             'seed_style_error': float((dist ** 2).sum()), 'kmedoids_seconds': time.perf_counter() - t0,
             'train_codes': torch.as_tensor(labels)}
-    return Codebook(X[torch.as_tensor(medoids)], kind, info)
+    return Codebook(X[torch.as_tensor(medoids, device=X.device)], kind, info)
 
 # %% ../nbs/05_geodesic.ipynb
-def get_codebook(vae, data: ImageData, K: int, kind: str, smoke: bool, seed: int = 0, verbose: bool = True) -> Codebook:
-    """A codebook of K vectors ('euclidean' or 'geodesic' k-medoids) for `vae`'s latents on `data`, cached as a
-    vtd checkpoint under `$VTD_CACHE` (default ~/.cache/vtd) keyed by the VAE's weights, data, K, kind, smoke, seed."""
+def get_codebook(vae, data: ImageData, codebook_size: int, kind: str, cfg: GeodesicConfig, seed: int = 0, device=None,
+                 verbose: bool = True) -> Codebook:
+    """A codebook of `codebook_size` vectors ('euclidean' or 'geodesic' k-medoids) of `vae`'s latents on `data`, with
+    the settings `cfg`: loaded from the cache (`vtd.core.cached`, keyed by `cfg`, size, kind, seed, the images and the
+    VAE's weights) or built from the geodesic graph's vectors (`get_geodesic_graph`) and cached. On `device`
+    (default: the VAE's); `info['train_codes']` (CPU) holds the training vectors' codes."""
     if kind not in ('euclidean', 'geodesic'): raise ValueError(f"kind must be 'euclidean' or 'geodesic', got {kind!r}")
-    if not isinstance(K, (int, np.integer)) or K < 1: raise ValueError(f"K must be a positive integer, got {K!r}")
-    key = {**_graph_key(vae, data, smoke, seed), 'K': int(K), 'kind': kind}; path = _key_path(f'codebook_{kind}_K{K}', key)
-    if path.exists():
-        try:
-            ck = load_checkpoint(path, expected_config=key, kind='codebook')
-            if verbose: print(f"loaded the cached {kind} codebook (K={K}) from {path}")
-            return Codebook(ck['state_dict']['vectors'], kind, {**ck['extra'], 'train_codes': ck['state_dict']['train_codes']})
-        except CheckpointError as e:
-            if verbose: print(f"cannot use the cached codebook ({e}); rebuilding")
-    latents, W, ginfo = get_geodesic_graph(vae, data, smoke, seed, verbose)
-    if verbose: print(f"building the {kind} codebook, K={K}, from {len(latents)} vectors")
-    cb = build_codebook(latents, K, kind, graph=W if kind == 'geodesic' else None, seed=seed)
-    cb.info['graph_seconds'] = ginfo['seconds']
-    extra = {k: v for k, v in cb.info.items() if k != 'train_codes'}
-    save_checkpoint(path, {'vectors': cb.vectors, 'train_codes': cb.info['train_codes']}, key, kind='codebook', extra=extra)
-    return cb
+    if not isinstance(codebook_size, (int, np.integer)) or codebook_size < 1:
+        raise ValueError(f"codebook_size must be a positive integer, got {codebook_size!r}")
+    dev = _device(vae) if device is None else get_device(device)
+    data_key = fingerprint(data.x_train)   # hashed once, for the codebook's key and the graph's
+    def make():
+        latents, W, ginfo = _graph(vae, data, data_key, cfg, seed, dev, verbose)
+        if verbose: print(f"building the {kind} codebook, K={codebook_size}, from {len(latents)} vectors")
+        cb = build_codebook(latents, codebook_size, kind, graph=W if kind == 'geodesic' else None, seed=seed, max_iter=cfg.max_iter)
+        return {'vectors': cb.vectors, **cb.info, 'graph_seconds': ginfo['seconds']}
+    settings = {**cfg.asdict(), 'codebook_size': int(codebook_size), 'kind': kind, 'seed': int(seed)}
+    out = cached('codebook', settings, make, data=data_key, upstream=(vae,), verbose=verbose)
+    return Codebook(out['vectors'], kind, {k: v for k, v in out.items() if k != 'vectors'}).to(dev)
 
 # %% ../nbs/05_geodesic.ipynb
 def finetune_decoder(vae, codebook: Codebook, images: torch.Tensor, epochs: int = 2, lr: float = 5e-4,
                      batch_size: int = 128, n_valid: int = 500, seed: int = 0, progress: bool = True):
     """A copy of `vae` whose decoder is fine-tuned to reconstruct `images` from their quantized code grids (sum of
-    squared pixel errors per image). The encoder and codebook are unchanged, so codes stay the same. The weights
-    kept are the best on `n_valid` held-out images, the unchanged decoder included; `.finetune` records the scores."""
+    squared pixel errors per image), on the VAE's device. The encoder and codebook are unchanged, so codes stay the
+    same. The weights kept are the best on `n_valid` held-out images, the unchanged decoder included; `.finetune`
+    records the scores."""
     _check_images(images)
     g = seed_everything(seed)
+    dev = _device(vae); images = images.to(dev); vectors = codebook.vectors.to(dev)
     codes = codes_for_images(vae, codebook, images)
     n_valid = min(n_valid, len(images) // 5)
     c_tr, x_tr, c_va, x_va = codes[n_valid:], images[n_valid:], codes[:n_valid], images[:n_valid]
@@ -465,13 +486,13 @@ def finetune_decoder(vae, codebook: Codebook, images: torch.Tensor, epochs: int 
     params = [p for n, p in tuned.named_parameters() if not n.startswith('encoder')]   # only decode() uses the rest
     def loss_fn(m, batch):
         c, x = batch
-        return ((m.decode(latents_to_grid(codebook.vectors[c])) - x) ** 2).flatten(1).sum(1).mean()
-    batches = lambda: ((c_tr[i], x_tr[i]) for i in torch.randperm(len(c_tr), generator=g).split(batch_size))
+        return ((m.decode(latents_to_grid(vectors[c])) - x) ** 2).flatten(1).sum(1).mean()
     valid = lambda m: -psnr(decode_codes(m, codebook, c_va), x_va)
     opt = torch.optim.Adam(params, lr=lr)
     with torch.no_grad(): before = valid(tuned.eval())
     start = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
-    tuned.history = fit(tuned, loss_fn, batches, epochs=epochs, opt=opt, valid_fn=valid, progress=progress, desc=f'fine-tune ({codebook.kind})')
+    tuned.history = fit(tuned, loss_fn, batches(c_tr, x_tr, batch_size=batch_size, generator=g), epochs=epochs, opt=opt,
+                        valid_fn=valid, progress=progress, desc=f'fine-tune ({codebook.kind})')
     after = min(tuned.history['valid'])
     if after > before: tuned.load_state_dict(start)   # no epoch beat the decoder we started from: keep it
     tuned.finetune = {'valid_psnr_before': -before, 'valid_psnr_after': -min(after, before), 'kept_original': after > before}

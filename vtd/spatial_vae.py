@@ -5,21 +5,21 @@
 # %% ../nbs/04_spatial_vae.ipynb 3
 from __future__ import annotations
 
-import hashlib, json, math, os, time
-from pathlib import Path
+import math, time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
-from .core import CheckpointError, cache_root, fit, load_checkpoint, psnr, save_checkpoint, seed_everything, ssim
+from .core import Config, batches, cached, fit, get_device, psnr, seed_everything
 from .data import ImageData
 
 # %% auto 0
-__all__ = ['TRAIN_SETTINGS', 'CACHE_VERSION', 'size_plan', 'producible_sizes', 'SpatialVAE', 'vae_loss', 'kl_divergence',
-           'cache_dir', 'data_fingerprint', 'train_spatial_vae', 'reconstruct', 'spatial_vae_key', 'spatial_vae_path',
-           'get_spatial_vae', 'kl_per_latent', 'latent_mosaic']
+__all__ = ['size_plan', 'producible_sizes', 'SpatialVAE', 'vae_loss', 'kl_divergence', 'SpatialVAEConfig', 'reconstruct',
+           'train_spatial_vae', 'get_spatial_vae', 'kl_per_latent', 'latent_mosaic']
 
 # %% ../nbs/04_spatial_vae.ipynb
 def size_plan(in_size: int, latent_grid: int = 4) -> list[int]:
@@ -51,6 +51,33 @@ def _norm(c: int) -> nn.GroupNorm: return nn.GroupNorm(math.gcd(8, c), c)
 def _conv_block(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), _norm(c_out), nn.SiLU()]
 
+def _stage_channels(sizes: list[int], width: int) -> list[int]:
+    "Channels after each halving of the size plan: `width`, then `2 * width`."
+    return [width * (1 if i == 0 else 2) for i in range(len(sizes) - 1)]
+
+# %% ../nbs/04_spatial_vae.ipynb
+def _spatial_encoder(sizes: list[int], in_channels: int, width: int, latent_dim: int) -> nn.Sequential:
+    "One stage per halving in `sizes`, then a 1x1 convolution to the mean and log-variance at every cell."
+    layers, c = [], in_channels
+    for ch in _stage_channels(sizes, width): layers += _conv_block(c, ch, stride=2) + _conv_block(ch, ch); c = ch
+    layers.append(nn.Conv2d(c, 2 * latent_dim, 1))
+    return nn.Sequential(*layers)
+
+# %% ../nbs/04_spatial_vae.ipynb
+def _spatial_decoder(sizes: list[int], in_channels: int, width: int, latent_dim: int) -> nn.Sequential:
+    "The encoder's stages in reverse: each transposed convolution lands exactly on the next size of the plan."
+    chans = _stage_channels(sizes, width); c = chans[-1]
+    layers = [nn.Conv2d(latent_dim, c, 1), _norm(c), nn.SiLU(), *_conv_block(c, c)]
+    for i in reversed(range(len(chans))):  # from sizes[i + 1] up to sizes[i]
+        out_pad = 1 - sizes[i] % 2  # (s - 1) * 2 - 2 + 3 + out_pad = target size
+        co = chans[i - 1] if i > 0 else width
+        layers += [nn.ConvTranspose2d(c, co, 3, stride=2, padding=1, output_padding=out_pad), _norm(co), nn.SiLU()]
+        if i > 0: layers += _conv_block(co, co)
+        c = co
+    layers.append(nn.Conv2d(c, in_channels, 3, padding=1))
+    return nn.Sequential(*layers)
+
+# %% ../nbs/04_spatial_vae.ipynb
 class SpatialVAE(nn.Module):
     """A VAE whose latent is a `latent_grid` x `latent_grid` grid of `latent_dim`-dim Gaussians.
 
@@ -62,46 +89,42 @@ class SpatialVAE(nn.Module):
             if not isinstance(v, (int, np.integer)) or v < 1: raise ValueError(f"{name} must be a positive integer, got {v!r}")
         self.config = dict(in_size=int(in_size), in_channels=int(in_channels), latent_grid=int(latent_grid),
                            latent_dim=int(latent_dim), width=int(width))
-        n = len(self.sizes) - 1
-        chans = [width * (1 if i == 0 else 2) for i in range(n)]  # channels after each halving
-        enc, c = [], in_channels
-        for ch in chans: enc += _conv_block(c, ch, stride=2) + _conv_block(ch, ch); c = ch
-        enc.append(nn.Conv2d(c, 2 * latent_dim, 1))  # mean and log-variance at every cell
-        self.encoder = nn.Sequential(*enc)
-        dec = [nn.Conv2d(latent_dim, c, 1), _norm(c), nn.SiLU(), *_conv_block(c, c)]
-        for i in reversed(range(n)):  # from sizes[i + 1] up to sizes[i]
-            out_pad = 1 - self.sizes[i] % 2  # (s - 1) * 2 - 2 + 3 + out_pad = target size
-            co = chans[i - 1] if i > 0 else width
-            dec += [nn.ConvTranspose2d(c, co, 3, stride=2, padding=1, output_padding=out_pad), _norm(co), nn.SiLU()]
-            if i > 0: dec += _conv_block(co, co)
-            c = co
-        dec.append(nn.Conv2d(c, in_channels, 3, padding=1))
-        self.decoder = nn.Sequential(*dec)
+        self.encoder = _spatial_encoder(self.sizes, in_channels, width, latent_dim)
+        self.decoder = _spatial_decoder(self.sizes, in_channels, width, latent_dim)
 
-    def _check(self, t: torch.Tensor, shape: tuple, what: str):
-        if not torch.is_tensor(t) or not t.is_floating_point():
-            raise TypeError(f"{what} must be a float tensor, got {type(t).__name__} {getattr(t, 'dtype', '')}")
-        if t.ndim != 4 or tuple(t.shape[1:]) != shape:
-            raise ValueError(f"{what} must have shape [B, {', '.join(map(str, shape))}], got {tuple(t.shape)}")
+# %% ../nbs/04_spatial_vae.ipynb
+@patch
+def _check(self: SpatialVAE, t: torch.Tensor, shape: tuple, what: str, finite: bool = False):
+    if not torch.is_tensor(t) or not t.is_floating_point():
+        raise TypeError(f"{what} must be a float tensor, got {type(t).__name__} {getattr(t, 'dtype', '')}")
+    if t.ndim != 4 or tuple(t.shape[1:]) != shape:
+        raise ValueError(f"{what} must have shape [B, {', '.join(map(str, shape))}], got {tuple(t.shape)}")
+    if finite and not t.is_meta and not torch.isfinite(t).all():
+        n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        raise ValueError(f"{what} contain {n_nan} NaN and {n_inf} infinite values; pass finite pixels in [0, 1]")
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "Posterior mean and log-variance, each `[B, latent_dim, G, G]`."
-        c = self.config
-        self._check(x, (c['in_channels'], c['in_size'], c['in_size']), 'images')
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
-        return mu, logvar.clamp(-12.0, 8.0)  # keeps exp(logvar) finite early in training
+@patch
+def encode(self: SpatialVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Posterior mean and log-variance, each `[B, latent_dim, G, G]`."
+    c = self.config
+    self._check(x, (c['in_channels'], c['in_size'], c['in_size']), 'images', finite=True)
+    mu, logvar = self.encoder(x).chunk(2, dim=1)
+    return mu, logvar.clamp(-12.0, 8.0)  # keeps exp(logvar) finite early in training
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        "Images `[B, C, H, W]` in [0, 1] from latents `[B, latent_dim, G, G]`."
-        c = self.config
-        self._check(z, (c['latent_dim'], c['latent_grid'], c['latent_grid']), 'latents')
-        return torch.sigmoid(self.decoder(z))
+@patch
+def decode(self: SpatialVAE, z: torch.Tensor) -> torch.Tensor:
+    "Images `[B, C, H, W]` in [0, 1] from latents `[B, latent_dim, G, G]`."
+    c = self.config
+    self._check(z, (c['latent_dim'], c['latent_grid'], c['latent_grid']), 'latents')
+    return torch.sigmoid(self.decoder(z))
 
-    def forward(self, x: torch.Tensor) -> dict:
-        "Sample z (the mean in eval mode) and decode: `dict(x_recon, mu, logvar, z)`."
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        return dict(x_recon=self.decode(z), mu=mu, logvar=logvar, z=z)
+# %% ../nbs/04_spatial_vae.ipynb
+@patch
+def forward(self: SpatialVAE, x: torch.Tensor) -> dict:
+    "Sample z (the mean in eval mode) and decode: `dict(x_recon, mu, logvar, z)`."
+    mu, logvar = self.encode(x)
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+    return dict(x_recon=self.decode(z), mu=mu, logvar=logvar, z=z)
 
 # %% ../nbs/04_spatial_vae.ipynb
 def vae_loss(model: SpatialVAE, x: torch.Tensor, beta: float = 0.002) -> tuple[torch.Tensor, dict]:
@@ -109,30 +132,43 @@ def vae_loss(model: SpatialVAE, x: torch.Tensor, beta: float = 0.002) -> tuple[t
     out = model(x)
     sse = ((out['x_recon'] - x) ** 2).flatten(1).sum(1).mean()
     kl = kl_divergence(out['mu'], out['logvar']).flatten(1).sum(1).mean()
-    return sse + beta * kl, {'sse': sse.item(), 'kl': kl.item()}
+    return sse + beta * kl, {'sse': sse.detach(), 'kl': kl.detach()}  # fit turns the parts into floats
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     "Elementwise KL(N(mu, exp(logvar)) || N(0, 1)) in nats."
     return 0.5 * (mu ** 2 + logvar.exp() - 1.0 - logvar)
 
 # %% ../nbs/04_spatial_vae.ipynb
-TRAIN_SETTINGS = {  # smoke: a few thousand images, two quick epochs (more on a tiny set); full: all of the training set
-    'smoke': dict(n_train=3000, n_valid=500, epochs=2, batch_size=64, lr=2e-3, beta=0.002, min_steps=90),
-    'full': dict(n_train=58000, n_valid=2000, epochs=5, batch_size=64, lr=2e-3, beta=0.002),
-}
-CACHE_VERSION = 1
+@dataclass(frozen=True)
+class SpatialVAEConfig(Config):
+    "How the lessons' `SpatialVAE` is built and trained (`smoke()`: 3,000 images for a few seconds; `full()`: 58,000)."
+    n_train: int = 58000    # training images; the last `n_valid` of `data.x_train` are held out
+    n_valid: int = 2000
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 2e-3        # peak of the one-cycle schedule
+    beta: float = 0.002     # weight of the KL term (section 5)
+    min_steps: int = 0      # at least this many optimiser steps: a small data set gets more passes
+    latent_grid: int = 4
+    latent_dim: int = 16
+    width: int = 32
 
-def cache_dir() -> Path:
-    "Where trained models are cached: `vtd.core.cache_root()` (`$VTD_CACHE`, else `~/.cache/vtd`)."
-    return cache_root()
+    @classmethod
+    def smoke(cls): return cls(n_train=3000, n_valid=500, epochs=2, min_steps=90)
 
-def data_fingerprint(x: torch.Tensor) -> str:
-    "A short hash of (a strided sample of) the images, so a cache never serves a model trained on other data."
-    sample = x[:: max(1, len(x) // 2048)]
-    h = hashlib.sha256(str(tuple(x.shape)).encode())
-    h.update((sample.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+# %% ../nbs/04_spatial_vae.ipynb
+def _device(model: nn.Module) -> torch.device: return next(model.parameters()).device
 
+@torch.no_grad()
+def reconstruct(vae: SpatialVAE, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    "Decode the posterior means of `images` (eval mode, in batches), on the VAE's device."
+    was = vae.training; vae.eval()
+    images = images.to(_device(vae))  # moved once, then batched where it lives
+    out = torch.cat([vae.decode(vae.encode(b)[0]) for b in images.split(batch_size)])
+    vae.train(was)
+    return out
+
+# %% ../nbs/04_spatial_vae.ipynb
 def _check_data(data: ImageData):
     x = data.x_train
     if not torch.is_tensor(x) or x.ndim != 4 or x.shape[-1] != x.shape[-2]:
@@ -140,82 +176,56 @@ def _check_data(data: ImageData):
     if not x.is_floating_point() or torch.isnan(x).any() or x.min() < 0 or x.max() > 1:
         raise ValueError("data.x_train must be float images in [0, 1] without NaN")
 
-def train_spatial_vae(data: ImageData, smoke: bool, seed: int = 0, progress: bool = True, **overrides) -> tuple[SpatialVAE, dict]:
-    "Train a `SpatialVAE` on `data.x_train` with the smoke or full `TRAIN_SETTINGS`; returns `(model, history)`."
+def _arch(data: ImageData, cfg: SpatialVAEConfig) -> dict:
+    return dict(in_size=data.x_train.shape[-1], in_channels=data.x_train.shape[1], latent_grid=cfg.latent_grid,
+                latent_dim=cfg.latent_dim, width=cfg.width)
+
+def train_spatial_vae(data: ImageData, cfg: SpatialVAEConfig, seed: int = 0, device=None,
+                      progress: bool = True) -> tuple[SpatialVAE, dict]:
+    "Train a `SpatialVAE` on `data.x_train` with the settings `cfg`, on `device` (default: the CPU); returns `(model, history)`."
     _check_data(data)
-    ts = {**TRAIN_SETTINGS['smoke' if smoke else 'full'], **overrides}
-    n_valid = min(ts['n_valid'], max(1, len(data.x_train) // 10))
-    x_valid, x_train = data.x_train[-n_valid:], data.x_train[:-n_valid][: ts['n_train']]
+    dev = torch.device('cpu') if device is None else get_device(device)
+    n_valid = min(cfg.n_valid, max(1, len(data.x_train) // 10))
+    x_valid, x_train = data.x_train[-n_valid:].to(dev), data.x_train[:-n_valid][: cfg.n_train].to(dev)
     g = seed_everything(seed)
-    model = SpatialVAE(in_size=data.x_train.shape[-1], in_channels=data.x_train.shape[1])
-    batches = lambda: (x_train[i] for i in torch.randperm(len(x_train), generator=g).split(ts['batch_size']))
-    per_epoch = math.ceil(len(x_train) / ts['batch_size'])
-    epochs = max(ts['epochs'], math.ceil(ts.get('min_steps', 0) / per_epoch))  # small data sets get more passes
-    steps = epochs * per_epoch
-    opt = torch.optim.Adam(model.parameters(), lr=ts['lr'])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=ts['lr'], total_steps=steps, pct_start=0.15)
+    model = SpatialVAE(**_arch(data, cfg)).to(dev)
+    train_batches = batches(x_train, batch_size=cfg.batch_size, generator=g)
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / len(train_batches)))  # small data sets get more passes
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * len(train_batches), pct_start=0.15)
     def valid_fn(m):  # lower is better: minus the per-image PSNR of the held-out images
         return -psnr(reconstruct(m, x_valid), x_valid)
-    hist = fit(model, lambda m, x: vae_loss(m, x, ts['beta']), batches, epochs=epochs, opt=opt,
+    hist = fit(model, lambda m, x: vae_loss(m, x, cfg.beta), train_batches, epochs=epochs, opt=opt,
                scheduler=sched, valid_fn=valid_fn, progress=progress, desc='SpatialVAE')
     return model.eval(), hist
 
-@torch.no_grad()
-def reconstruct(vae: SpatialVAE, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    "Decode the posterior means of `images` (eval mode, in batches)."
-    was = vae.training; vae.eval()
-    out = torch.cat([vae.decode(vae.encode(b)[0]) for b in images.split(batch_size)])
-    vae.train(was)
-    return out
-
 # %% ../nbs/04_spatial_vae.ipynb
-def spatial_vae_key(data: ImageData, smoke: bool, seed: int = 0) -> dict:
-    "Everything that determines the trained weights (the checkpoint's config)."
+def get_spatial_vae(data: ImageData, cfg: SpatialVAEConfig, seed: int = 0, device=None, verbose: bool = True) -> SpatialVAE:
+    """A trained `SpatialVAE` for `data` with the settings `cfg`, in eval mode, on `device` (default: the CPU;
+    'auto' or a name as `vtd.core.get_device` takes): loaded from the cache when one was trained for the same
+    config, seed and images, else trained there (with progress) and cached. `.history` holds its training curves."""
     _check_data(data)
-    model_cfg = SpatialVAE(in_size=data.x_train.shape[-1], in_channels=data.x_train.shape[1]).config
-    return {'version': CACHE_VERSION, 'model': model_cfg, 'train': dict(TRAIN_SETTINGS['smoke' if smoke else 'full']),
-            'data': data.name or 'unnamed', 'data_fingerprint': data_fingerprint(data.x_train),
-            'smoke': bool(smoke), 'seed': int(seed)}
-
-def spatial_vae_path(key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_dir() / f"spatial_vae_{key['data']}_{'smoke' if key['smoke'] else 'full'}_seed{key['seed']}_{digest}.pt"
-
-def get_spatial_vae(data: ImageData, smoke: bool, seed: int = 0, verbose: bool = True) -> SpatialVAE:
-    """A trained `SpatialVAE` for `data`, in eval mode: loaded from the cache (`$VTD_CACHE`, default
-    `~/.cache/vtd`) when a checkpoint with the same key exists, else trained (with progress) and cached.
-    A checkpoint for another key, or a corrupt one, is retrained and overwritten."""
-    key = spatial_vae_key(data, smoke, seed)
-    path = spatial_vae_path(key)
-    model = SpatialVAE(**key['model'])
-    if path.exists():
-        try:
-            ckpt = load_checkpoint(path, model, expected_config=key, kind='spatial_vae')
-            if verbose: print(f"loaded the cached SpatialVAE from {path}")
-            model.history = ckpt['extra'].get('history', {})
-            return model.eval()
-        except CheckpointError as e:
-            if verbose: print(f"cannot use the cached SpatialVAE ({e}); retraining")
-    if verbose: print(f"training a SpatialVAE on {key['data']} ({'smoke' if smoke else 'full'} settings, seed {seed})")
-    t0 = time.perf_counter()
-    model, hist = train_spatial_vae(data, smoke, seed, progress=verbose)
-    history = {'train': hist['train'], 'valid': hist['valid'], 'best_epoch': hist['best_epoch'],
-               'sse': [p.get('sse') for p in hist['parts']], 'kl': [p.get('kl') for p in hist['parts']],
-               'seconds': time.perf_counter() - t0}
-    save_checkpoint(path, model, key, kind='spatial_vae', extra={'history': history})
-    if verbose: print(f"trained in {history['seconds']:.0f}s; cached at {path}")
-    model.history = history
-    return model.eval()
+    dev = torch.device('cpu') if device is None else get_device(device)
+    def make():
+        t0 = time.perf_counter()
+        model, hist = train_spatial_vae(data, cfg, seed, device=dev, progress=verbose)
+        history = {'train': hist['train'], 'valid': hist['valid'], 'best_epoch': hist['best_epoch'],
+                   'sse': [p.get('sse') for p in hist['parts']], 'kl': [p.get('kl') for p in hist['parts']],
+                   'seconds': time.perf_counter() - t0}
+        return {**model.state_dict(), 'history': history}
+    out = cached('spatial_vae', {**cfg.asdict(), 'seed': int(seed)}, make, data=data.x_train, verbose=verbose)
+    model = SpatialVAE(**_arch(data, cfg))
+    model.load_state_dict({k: v for k, v in out.items() if k != 'history'})
+    model.history = out['history']
+    return model.to(dev).eval()
 
 # %% ../nbs/04_spatial_vae.ipynb
 @torch.no_grad()
 def kl_per_latent(vae: SpatialVAE, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    "Mean KL in nats of each latent dimension, `[latent_dim]`, averaged over images and grid positions."
+    "Mean KL in nats of each latent dimension, `[latent_dim]`, averaged over images and grid positions (on the VAE's device)."
     was = vae.training; vae.eval()
-    tot = None
-    for b in images.split(batch_size):
-        kl = kl_divergence(*vae.encode(b)).sum((0, 2, 3))
-        tot = kl if tot is None else tot + kl
+    images = images.to(_device(vae))
+    tot = sum(kl_divergence(*vae.encode(b)).sum((0, 2, 3)) for b in images.split(batch_size))
     vae.train(was)
     return tot / (len(images) * vae.config['latent_grid'] ** 2)
 

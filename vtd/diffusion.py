@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from fastcore.basics import patch
 import torch.nn.functional as F
 
 from .core import Config
@@ -294,37 +295,43 @@ class PatternDenoiser(nn.Module):
         out = self.net(x_t, t=t if self.net.cfg.time_cond else None).float()
         return F.log_softmax(out.view(*x_t.shape, self.n_cells, self.colors), -1)
 
-    def word_log_probs(self, x_t, t) -> torch.Tensor:
-        "log p(word) `[B, L, V]` with the cells' product renormalised over the vocabulary's patterns."
-        lp = self.cell_log_probs(x_t, t).flatten(-2)                                   # [B, L, G*G*C]
-        onehot = F.one_hot(self.table, self.colors).flatten(1).float()                 # [V, G*G*C]
-        return F.log_softmax(lp @ onehot.T + self.word_bias, -1)
+# %% ../nbs/08_diffusion.ipynb
+@patch
+def word_log_probs(self: PatternDenoiser, x_t, t) -> torch.Tensor:
+    "log p(word) `[B, L, V]` with the cells' product renormalised over the vocabulary's patterns."
+    lp = self.cell_log_probs(x_t, t).flatten(-2)                                   # [B, L, G*G*C]
+    onehot = F.one_hot(self.table, self.colors).flatten(1).float()                 # [V, G*G*C]
+    return F.log_softmax(lp @ onehot.T + self.word_bias, -1)
 
-    def x0_log_prob(self, x_t, t, x0, class_label=None) -> torch.Tensor:
-        """log p(x_0 | x_t) per position under `self.score`; 'both' (for training) is the word log-probability
-        plus the *mean* cell log-probability: the cells teach the network without drowning the word term."""
-        if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
-        if self.score not in ('cells', 'vocabulary', 'both'): raise ValueError(f"score must be 'cells', 'vocabulary' or 'both', got {self.score!r}")
-        lp = self.cell_log_probs(x_t, t)
-        cells = lp.gather(-1, self.table[x0][..., None])[..., 0].sum(-1)
-        if self.score == 'cells': return cells
-        onehot = F.one_hot(self.table, self.colors).flatten(1).float()
-        words = F.log_softmax(lp.flatten(-2) @ onehot.T + self.word_bias, -1).gather(-1, x0[..., None])[..., 0]
-        return words if self.score == 'vocabulary' else words + cells / self.n_cells
+@patch
+def x0_log_prob(self: PatternDenoiser, x_t, t, x0, class_label=None) -> torch.Tensor:
+    """log p(x_0 | x_t) per position under `self.score`; 'both' (for training) is the word log-probability
+    plus the *mean* cell log-probability: the cells teach the network without drowning the word term."""
+    if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
+    if self.score not in ('cells', 'vocabulary', 'both'): raise ValueError(f"score must be 'cells', 'vocabulary' or 'both', got {self.score!r}")
+    lp = self.cell_log_probs(x_t, t)
+    cells = lp.gather(-1, self.table[x0][..., None])[..., 0].sum(-1)
+    if self.score == 'cells': return cells
+    onehot = F.one_hot(self.table, self.colors).flatten(1).float()
+    words = F.log_softmax(lp.flatten(-2) @ onehot.T + self.word_bias, -1).gather(-1, x0[..., None])[..., 0]
+    return words if self.score == 'vocabulary' else words + cells / self.n_cells
 
-    def x0_probs(self, x_t, t, class_label=None) -> torch.Tensor:
-        "Cell probabilities `[B, L, G*G, C]` (most patterns are no word), or word probabilities with `score='vocabulary'`."
-        if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
-        if self.score == 'vocabulary': return self.word_log_probs(x_t, t).to(_real(x_t.device)).exp()
-        return self.cell_log_probs(x_t, t).to(_real(x_t.device)).exp()
+@patch
+def x0_probs(self: PatternDenoiser, x_t, t, class_label=None) -> torch.Tensor:
+    "Cell probabilities `[B, L, G*G, C]` (most patterns are no word), or word probabilities with `score='vocabulary'`."
+    if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
+    if self.score == 'vocabulary': return self.word_log_probs(x_t, t).to(_real(x_t.device)).exp()
+    return self.cell_log_probs(x_t, t).to(_real(x_t.device)).exp()
 
-    def decode_cells(self, cells: torch.Tensor):
-        "Nearest word by Hamming distance for patterns `[..., G*G]`; also whether the pattern is exactly a word's."
-        # matching cells = one-hot(cells) · one-hot(table)ᵀ: one matrix product instead of an [N, V, G*G] comparison
-        match = F.one_hot(cells.reshape(-1, self.n_cells), self.colors).flatten(1).float() @ \
-                F.one_hot(self.table, self.colors).flatten(1).float().T
-        best = (self.n_cells - match).min(-1)
-        return best.indices.reshape(cells.shape[:-1]), (best.values < 0.5).reshape(cells.shape[:-1])
+# %% ../nbs/08_diffusion.ipynb
+@patch
+def decode_cells(self: PatternDenoiser, cells: torch.Tensor):
+    "Nearest word by Hamming distance for patterns `[..., G*G]`; also whether the pattern is exactly a word's."
+    # matching cells = one-hot(cells) · one-hot(table)ᵀ: one matrix product instead of an [N, V, G*G] comparison
+    match = F.one_hot(cells.reshape(-1, self.n_cells), self.colors).flatten(1).float() @ \
+            F.one_hot(self.table, self.colors).flatten(1).float().T
+    best = (self.n_cells - match).min(-1)
+    return best.indices.reshape(cells.shape[:-1]), (best.values < 0.5).reshape(cells.shape[:-1])
 
 # %% ../nbs/08_diffusion.ipynb
 def _device_of(module) -> torch.device:

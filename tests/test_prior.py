@@ -1,13 +1,12 @@
-"""vtd.prior: causal masking, the key/value cache, the code-grid boundary, prior checkpoints and their
+"""vtd.prior: the prior's causal shift, its key/value-cached sampling, the code-grid boundary, prior checkpoints and their
 errors, sampling reproducibility (the generation metrics are tested in test_metrics.py)."""
 import numpy as np
 import pytest
 import torch
 
 from vtd.core import CheckpointError, save_checkpoint
-from vtd.prior import (CodeGrids, CodePrior, CodeRangeError, IndependentPositions, Transformer,
-                       TransformerConfig, check_codes, codebook_signature, fit_independent,
-                       images_with_bad_codes, load_prior, save_prior, uniform_bits)
+from vtd.prior import (CodeGrids, CodePrior, CodeRangeError, IndependentPositions, PriorConfig, check_codes,
+                       codebook_signature, fit_independent, images_with_bad_codes, load_prior, save_prior, uniform_bits)
 
 
 class FakeCodebook:
@@ -16,33 +15,11 @@ class FakeCodebook:
         self.vectors = torch.randn(K, 4, generator=torch.Generator().manual_seed(seed)); self.kind = kind
     @property
     def K(self): return len(self.vectors)
-    def hash(self):
-        import hashlib
-        return hashlib.sha256(self.vectors.numpy().tobytes()).hexdigest()
 
 
 def small_prior(K=12, n_classes=3, seed=0):
     torch.manual_seed(seed)
     return CodePrior(K, n_classes=n_classes, n_layer=2, n_head=2, n_embd=16, dropout=0.0).eval()
-
-
-@pytest.mark.parametrize('i', [0, 5, 15])
-def test_causal_mask_change_at_i_never_moves_earlier_logits(i):
-    torch.manual_seed(0)
-    gpt = Transformer(TransformerConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
-    x = torch.randint(0, 30, (3, 16)); x2 = x.clone(); x2[:, i] = (x2[:, i] + 1) % 30
-    with torch.no_grad(): a, b = gpt(x), gpt(x2)
-    assert torch.allclose(a[:, :i], b[:, :i], atol=1e-6)
-    assert not torch.allclose(a[:, i:], b[:, i:])
-
-
-def test_bidirectional_switch_sees_the_future():
-    torch.manual_seed(0)
-    bi = Transformer(TransformerConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=32, causal=False,
-                                       n_out=29, time_cond=True)).eval()
-    x = torch.randint(0, 30, (2, 16)); x2 = x.clone(); x2[:, 9] = (x2[:, 9] + 1) % 30
-    with torch.no_grad(): a, b = bi(x, t=torch.rand(2)), bi(x2, t=torch.rand(2))
-    assert a.shape == (2, 16, 29) and not torch.allclose(a[:, :9], b[:, :9])
 
 
 def test_prior_causal_code_change_never_moves_earlier_logits():
@@ -51,18 +28,6 @@ def test_prior_causal_code_change_never_moves_earlier_logits():
     with torch.no_grad(): a, b = prior.logits(codes, 1), prior.logits(codes2, 1)
     # logits at position j predict code j from codes < j: code 7 first shows in the logits at position 8
     assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6) and not torch.allclose(a[:, 8:], b[:, 8:])
-
-
-def test_kv_cache_gives_the_same_logits():
-    torch.manual_seed(1)
-    gpt = Transformer(TransformerConfig(vocab_size=20, block_size=16, n_layer=3, n_head=4, n_embd=32)).eval()
-    x = torch.randint(0, 20, (2, 16))
-    with torch.no_grad():
-        full = gpt(x); cache = gpt.new_cache()
-        steps = torch.cat([gpt(x[:, i:i + 1], cache=cache, pos_offset=i) for i in range(16)], 1)
-        cache2 = gpt.new_cache()  # a prefix in one go, then one token at a time
-        mixed = torch.cat([gpt(x[:, :5], cache=cache2), *[gpt(x[:, i:i + 1], cache=cache2, pos_offset=i) for i in range(5, 16)]], 1)
-    assert torch.allclose(steps, full, atol=1e-5) and torch.allclose(mixed, full, atol=1e-5)
 
 
 def test_kv_cache_sampling_matches_uncached_sampling():
@@ -152,7 +117,8 @@ def test_prior_checkpoint_with_pickled_objects_is_refused(tmp_path):
 
 def test_codebook_signature():
     sig = codebook_signature(FakeCodebook(12))
-    assert sig['K'] == 12 and sig['kind'] == 'euclidean' and len(sig['hash']) == 64
+    assert sig['K'] == 12 and sig['kind'] == 'euclidean' and len(sig['hash']) == 16
+    assert codebook_signature(FakeCodebook(12, seed=1))['hash'] != sig['hash']
 
 
 def _digit_grids():
@@ -165,37 +131,80 @@ def _digit_grids():
     torch.manual_seed(0)
     vae = SpatialVAE(in_size=8, latent_grid=4, latent_dim=4, width=8).eval()
     cb = Codebook(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), 'euclidean')
-    return data, vae, cb, image_code_grids(vae, cb, data, smoke=True)
+    return data, vae, cb, image_code_grids(vae, cb, data, PriorConfig.smoke())
 
 
 def test_image_code_grids_split_and_boundary():
     from vtd.prior import code_grid_split, image_code_grids
     data, vae, cb, gr = _digit_grids()
-    sp = code_grid_split(data, smoke=True)
+    sp = code_grid_split(data, PriorConfig.smoke())
     assert len(gr['train']) == len(sp['train']) and len(gr['valid']) == len(sp['valid']) == len(data.x_train) // 10
     assert set(sp['train'].tolist()).isdisjoint(sp['valid'].tolist()) and gr['dropped'] == 0
     assert torch.equal(gr['valid'].labels, data.y_train[sp['valid']]) and gr['test'].codes.shape == (len(data.x_test), 16)
     with pytest.raises(ValueError, match='latents for'):
-        image_code_grids(vae, cb, data, smoke=True, latents=(torch.zeros(3, 16, 4), torch.zeros(2, 16, 4)))
+        image_code_grids(vae, cb, data, PriorConfig.smoke(), latents=(torch.zeros(3, 16, 4), torch.zeros(2, 16, 4)))
 
 
 def test_get_code_prior_trains_once_then_loads_and_never_loads_another_codebooks(tmp_path, monkeypatch, capsys):
     from vtd.prior import get_code_prior
     monkeypatch.setenv('VTD_CACHE', str(tmp_path))
     data, vae, cb, gr = _digit_grids()
-    prior, hist = get_code_prior(gr, cb, 10, smoke=True, progress=False)
-    files = list(tmp_path.glob('code_prior_*.pt'))
-    assert len(files) == 1 and len(hist['valid']) == 3 and hist['best_epoch'] in (0, 1, 2)
-    again, hist2 = get_code_prior(gr, cb, 10, smoke=True, progress=False)
-    assert 'loaded the cached prior' in capsys.readouterr().out and hist2['valid'] == hist['valid']
+    cfg = PriorConfig.smoke()
+    prior, hist = get_code_prior(gr, cb, 10, cfg, progress=False)
+    files = list(tmp_path.rglob('*.pt'))
+    assert len(files) == 1 and len(hist['valid']) == 3 and hist['best_epoch'] in (0, 1, 2) and not prior.training
+    again, hist2 = get_code_prior(gr, cb, 10, cfg, progress=False)
+    assert 'loaded from the cache' in capsys.readouterr().out and hist2['valid'] == hist['valid']
     assert torch.allclose(prior.log_prob(gr['test'].codes, gr['test'].labels), again.log_prob(gr['test'].codes, gr['test'].labels))
     from vtd.geodesic import Codebook  # another codebook of the same K gets its own prior, never this one
     other = Codebook(cb.vectors.flip(0), 'euclidean')
-    get_code_prior(gr, other, 10, smoke=True, progress=False)
-    assert len(list(tmp_path.glob('code_prior_*.pt'))) == 2
+    get_code_prior(gr, other, 10, cfg, progress=False)
+    get_code_prior(gr, cb, 10, cfg.replace(epochs=2), progress=False)   # another config: another prior
+    assert len(list(tmp_path.rglob('*.pt'))) == 3
     files[0].write_bytes(files[0].read_bytes()[:100])  # a truncated cache file is retrained, with a message
-    get_code_prior(gr, cb, 10, smoke=True, progress=False)
-    assert 'retraining' in capsys.readouterr().out
+    get_code_prior(gr, cb, 10, cfg, progress=False)
+    assert 'making it again' in capsys.readouterr().out
+
+
+def test_prior_config_presets_and_model_shape():
+    s, f = PriorConfig.preset(True), PriorConfig.preset(False)
+    assert s.n_train == 4000 and f.n_train is None and s.model == dict(n_layer=2, n_head=2, n_embd=64, dropout=0.1)
+    assert 'model' not in s.asdict()                      # the shape is derived, not a second copy of the settings
+    with pytest.raises(Exception): s.epochs = 9           # frozen
+
+
+def test_prior_runs_on_the_meta_device():
+    "Forward, loss, log-prob and sampling with every tensor on `meta`: one created on the CPU inside them fails here."
+    with torch.device('meta'):
+        prior = CodePrior(12, n_classes=3, n_layer=2, n_head=2, n_embd=16)
+        codes = torch.randint(0, 12, (5, 16)); labels = torch.randint(0, 3, (5,))
+    prior.train()
+    loss = prior.loss(codes, labels)
+    assert loss.is_meta and loss.shape == ()
+    assert prior.logits(codes, labels).shape == (5, 16, 12) and prior.log_prob(codes, labels).is_meta
+    out = prior.sample(4, class_label=1)
+    assert out.is_meta and out.shape == (4, 16)
+    assert prior.sample(4, class_label=1, guidance=1.0).shape == (4, 16)
+
+
+def test_cached_sampling_is_the_shared_loop():
+    "CodePrior.sample is vtd.transformer.generate from its start tokens: the same generator gives the same codes."
+    from functools import partial
+    from vtd.transformer import generate, sample_logits
+    prior = small_prior()
+    start = prior.start_tokens(30, 2)[:, None]
+    ref = generate(prior.net, start, 16, partial(sample_logits, generator=torch.Generator().manual_seed(4)))[:, 1:]
+    assert torch.equal(prior.sample(30, 2, generator=torch.Generator().manual_seed(4)), ref)
+
+
+def test_prior_trains_with_core_batches_and_lowers_held_out_bits():
+    from vtd.prior import train_prior
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 4, (600, 1), generator=g).repeat(1, 16)   # each grid repeats one code: 2 bits per image
+    tr, va = CodeGrids(codes[:500], None, 8), CodeGrids(codes[500:], None, 8)
+    prior, hist = train_prior(tr, va, PriorConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0, epochs=3, batch_size=50, lr=1e-2),
+                              progress=False)
+    assert hist['valid'][hist['best_epoch']] < 10 < uniform_bits(8)      # far below the uniform 48 bits
 
 
 def test_classifier_free_guidance_options_and_effect():
@@ -210,21 +219,3 @@ def test_classifier_free_guidance_options_and_effect():
     torch.manual_seed(0)
     no_uncond = CodePrior(12, n_classes=3, n_layer=1, n_head=2, n_embd=16, p_uncond=0.0)
     with pytest.raises(ValueError, match='p_uncond=0'): no_uncond.sample(4, 1, guidance=1.0)
-
-
-def test_rotary_positions_are_relative_causal_and_cacheable():
-    from vtd.transformer import rotate
-    torch.manual_seed(0)
-    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
-    dot = lambda i, j: (rotate(q, torch.tensor([i])) * rotate(k, torch.tensor([j]))).sum().item()
-    assert abs(dot(3, 1) - dot(10, 8)) < 1e-4 and abs(dot(3, 1) - dot(3, 2)) > 1e-4   # only the offset matters
-    cfg = TransformerConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=32, rope=True)
-    gpt = Transformer(cfg).eval()
-    assert gpt.wpe is None
-    x = torch.randint(0, 30, (2, 16)); x2 = x.clone(); x2[:, 6] = (x2[:, 6] + 1) % 30
-    with torch.no_grad():
-        a, b = gpt(x), gpt(x2)
-        cache = gpt.new_cache(); inc = torch.cat([gpt(x[:, i:i + 1], cache=cache, pos_offset=i) for i in range(16)], 1)
-    assert torch.allclose(a[:, :6], b[:, :6], atol=1e-6) and torch.allclose(inc, a, atol=1e-5)
-    with pytest.raises(ValueError, match='even head size'):
-        TransformerConfig(vocab_size=30, block_size=16, n_head=4, n_embd=12, rope=True)

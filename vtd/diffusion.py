@@ -14,7 +14,7 @@ from fastcore.basics import patch
 import torch.nn.functional as F
 
 from .core import Config
-from .transformer import Transformer, TransformerConfig
+from .transformer import Transformer, TransformerConfig, generate
 from .metrics import distinct_n, unigram_entropy_bits  # the generation yardsticks live in vtd.metrics
 
 # %% auto 0
@@ -646,26 +646,18 @@ def _check_prompt(prompt, n, length, V, device) -> torch.Tensor:
 @torch.no_grad()
 def ar_sample(model: Transformer, n: int, length: int, generator=None, temperature: float = 1.0,
               prompt: torch.Tensor | None = None) -> torch.Tensor:
-    """Samples `[n, length]`, one token at a time with the key/value cache. `prompt` (`[P]` or `[n, P]`
-    long) is the fixed start of every sample: it is read in one pass, and the result begins with it exactly."""
+    """Samples `[n, length]`, one token at a time with the key/value cache (the repository's one sampling loop,
+    `vtd.transformer.generate`), each drawn by `categorical` in float64. `prompt` (`[P]` or `[n, P]` long) is the
+    fixed start of every sample: it is read in one pass, and the result begins with it exactly."""
     if length > model.cfg.block_size:
         raise ValueError(f"sequence of length {length} is longer than the model's context {model.cfg.block_size}")
     if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
     dev = model.head.weight.device
     V = model.cfg.n_out
     tok = torch.full((n, 1), V, dtype=torch.long, device=dev)
-    out = []
-    if prompt is not None:
-        prompt = _check_prompt(prompt, n, length, V, dev)
-        tok = torch.cat([tok, prompt], 1); out.append(prompt)
-    was = model.training; model.eval()
-    cache, pos = model.new_cache(), 0
-    for i in range(length - (0 if prompt is None else prompt.shape[1])):
-        p = F.softmax(model(tok, cache=cache, pos_offset=pos)[:, -1].to(_real(dev)) / temperature, -1)
-        pos += tok.shape[1]
-        tok = categorical(p, generator)[:, None]; out.append(tok)
-    model.train(was)
-    return torch.cat(out, 1)
+    if prompt is not None: tok = torch.cat([tok, _check_prompt(prompt, n, length, V, dev)], 1)
+    pick = lambda logits: categorical(F.softmax(logits.to(_real(dev)) / temperature, -1), generator)
+    return generate(model, tok, length - tok.shape[1] + 1, pick=pick)[:, 1:]   # without the beginning-of-sequence id
 
 # %% ../nbs/08_diffusion.ipynb
 def transformer_flops(cfg: TransformerConfig, n_tokens: int, context: int) -> float:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from vtd.diffusion import (AbsorbingProcess, UniformProcess, LogLinearSchedule, CosineSchedule, TokenDenoiser,
                            PatternDenoiser, masked_diffusion_loss, discrete_time_loss, heldout_bound, ancestral_sample,
                            maskgit_sample, categorical, gumbel_float32_reveal_distribution, make_ar_model, ar_sample,
-                           ar_heldout_bits, distinct_n, unigram_entropy_bits)
+                           ar_heldout_bits, ar_loss, distinct_n, unigram_entropy_bits)
 
 SCHEDULES = [LogLinearSchedule(), CosineSchedule()]
 PROCESSES = [AbsorbingProcess, UniformProcess]
@@ -331,3 +331,186 @@ def test_decode_cells_finds_the_nearest_word_by_hamming_distance():
     assert torch.equal(brute.gather(1, ids[:, None])[:, 0], brute.min(1).values) and not exact.any()
     ids, exact = pd.decode_cells(table[:50].view(5, 10, 25))
     assert torch.equal(ids, torch.arange(50).view(5, 10)) and exact.all()
+
+
+class CopyDenoiser(torch.nn.Module):
+    "Predicts, at every position, the first visible (unmasked) token of its row; uniform where nothing is visible."
+    process_kind, block_size = 'absorbing', 16
+    def __init__(self, V): super().__init__(); self.vocab_size = V
+    def x0_probs(self, x_t, t, class_label=None):
+        V = self.vocab_size
+        seen = x_t != V
+        first = torch.where(seen.any(1), seen.long().argmax(1), 0)
+        tok = x_t.gather(1, first[:, None]).clamp_max(V - 1)                     # [B, 1]
+        hit = F.one_hot(tok, V).double().expand(*x_t.shape, V)
+        return torch.where(seen.any(1)[:, None, None], hit, torch.full_like(hit, 1 / V))
+
+
+def _given(n, L, V, generator):
+    "Prompts [n, L]: a 4-token prefix and one token in the middle given, the rest [MASK] (= V)."
+    x = torch.full((n, L), V, dtype=torch.long)
+    x[:, :4] = torch.randint(0, V, (n, 4), generator=generator)
+    x[:, L // 2] = 7
+    return x
+
+
+@pytest.mark.parametrize('sampler', ['ancestral', 'maskgit'])
+def test_conditioned_samplers_keep_the_given_tokens_and_generate_the_rest(sampler):
+    d, A = _tiny(V=80, L=12), AbsorbingProcess(80)
+    g = torch.Generator().manual_seed(0)
+    x_init = _given(64, 12, 80, g)
+    free = x_init == A.mask_id
+    run = (lambda **kw: ancestral_sample(d, A, 64, 12, 12, **kw)) if sampler == 'ancestral' else \
+          (lambda **kw: maskgit_sample(d, A, 64, 12, 6, **kw))
+    r = run(generator=g, x_init=x_init, record=True)
+    out = r['tokens']
+    assert torch.equal(out[~free], x_init[~free])                    # prefix and the middle token kept exactly
+    for h in r['history']: assert torch.equal(h['tokens'][~free], x_init[~free])   # ... at every step: never resampled
+    assert (out < 80).all()                                           # every [MASK] position was generated
+    assert out[:, 4].unique().numel() > 10 and out[:, -1].unique().numel() > 10   # the generated positions still vary
+    if sampler == 'maskgit':   # the cosine schedule runs over the m positions to generate, not over the length
+        m = int(free[0].sum()); still = (r['history'][0]['tokens'] == A.mask_id).sum(1)
+        assert (still == math.floor(m * math.cos(math.pi / 2 / 6))).all()
+    # an all-[MASK] x_init is the unconditioned sampler, draw for draw
+    full = torch.full((64, 12), A.mask_id)
+    assert torch.equal(run(generator=torch.Generator().manual_seed(1), x_init=full)['tokens'],
+                       run(generator=torch.Generator().manual_seed(1))['tokens'])
+
+
+@pytest.mark.parametrize('sampler', ['ancestral', 'maskgit'])
+def test_the_denoiser_sees_the_given_tokens(sampler):
+    "A denoiser that copies the first visible token: every generated position must become the given token."
+    V, A, oracle = 50, AbsorbingProcess(50), CopyDenoiser(50)
+    x_init = torch.full((8, 16), V); x_init[:, 5] = torch.arange(8) + 3
+    g = torch.Generator().manual_seed(0)
+    f = ancestral_sample if sampler == 'ancestral' else maskgit_sample
+    out = f(oracle, A, 8, 16, 8, g, x_init=x_init)['tokens']
+    assert torch.equal(out, (torch.arange(8) + 3)[:, None].expand(8, 16))
+
+
+def test_uniform_process_conditioned_sampler_restores_the_given_tokens():
+    du, U = _tiny(process='uniform', time_cond=True), UniformProcess(80)
+    g = torch.Generator().manual_seed(0)
+    x_init = _given(32, 12, 80, g); free = x_init == 80
+    r = ancestral_sample(du, U, 32, 12, 5, g, x_init=x_init, record=True)
+    for h in r['history']: assert torch.equal(h['tokens'][~free], x_init[~free])
+    assert (r['tokens'] < 80).all() and r['tokens'][:, -1].unique().numel() > 5
+
+
+def test_conditioned_samplers_refuse_bad_x_init():
+    d, A = _tiny(), AbsorbingProcess(80)
+    with pytest.raises(ValueError, match=r'shape \[n, length\]'):
+        ancestral_sample(d, A, 2, 12, 4, x_init=torch.full((3, 12), 80))
+    with pytest.raises(TypeError, match='torch.long'):
+        maskgit_sample(d, A, 2, 12, 4, x_init=torch.full((2, 12), 80.0))
+    with pytest.raises(ValueError, match=r'outside \[0, 80\]'):
+        maskgit_sample(d, A, 2, 12, 4, x_init=torch.full((2, 12), 81))
+
+
+def test_ar_sample_continues_a_prompt_exactly_and_reads_it():
+    torch.manual_seed(0)
+    ar = make_ar_model(50, 16, n_layer=2, n_head=2, n_embd=32, rope=True)
+    with torch.no_grad():   # weights large enough that every output depends on the positions and the context
+        for w in ar.parameters(): w.normal_(0, 0.15)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.tensor([3, 1, 4, 1, 5])
+    x = ar_sample(ar, 256, 16, torch.Generator().manual_seed(0), prompt=prompt)
+    assert x.shape == (256, 16) and torch.equal(x[:, :5], prompt.expand(256, 5))    # the prompt, exactly
+    assert x[:, 5].unique().numel() > 10 and x[:, -1].unique().numel() > 10        # the continuation varies
+    # the continuation reads the prompt through the cache: redrawing each generated token, with the same
+    # random numbers, from one full forward pass over [BOS, prompt, continuation] gives the same tokens
+    # (a prompt read at the wrong positions, or only its last token, changes some of the 2,816 draws)
+    with torch.no_grad(): p = F.softmax(ar(torch.cat([torch.full((256, 1), 50), x[:, :-1]], 1)).double(), -1)
+    g2 = torch.Generator().manual_seed(0)
+    assert torch.equal(torch.stack([categorical(p[:, k], g2) for k in range(5, 16)], 1), x[:, 5:])
+    per_row = torch.randint(0, 50, (4, 3), generator=g)
+    assert torch.equal(ar_sample(ar, 4, 10, g, prompt=per_row)[:, :3], per_row)
+    assert torch.equal(ar_sample(ar, 4, 3, g, prompt=per_row), per_row)              # nothing left to generate
+    with pytest.raises(ValueError, match='does not fit'):
+        ar_sample(ar, 2, 4, prompt=prompt)
+    with pytest.raises(ValueError, match='n = 3'):
+        ar_sample(ar, 3, 16, prompt=per_row)
+    with pytest.raises(ValueError, match='outside the vocabulary'):
+        ar_sample(ar, 2, 16, prompt=torch.tensor([50]))
+
+
+# ---- devices (issue 20): a tensor created without the device of its inputs fails loudly ----
+
+def _transformer_reads_values_on_meta() -> bool:
+    "Whether vtd.transformer's id range check still reads values (then nothing can run on the meta device)."
+    from vtd.transformer import Transformer, TransformerConfig
+    with torch.device('meta'): m = Transformer(TransformerConfig(vocab_size=4, block_size=2, n_layer=1, n_head=1, n_embd=8))
+    try: m(torch.zeros(1, 2, dtype=torch.long, device='meta'))
+    except RuntimeError as e: return 'meta' in str(e)
+    return False
+
+
+def _meta_models():
+    torch.manual_seed(0)
+    table = torch.randint(0, 3, (40, 25))
+    with torch.device('meta'):
+        tok = TokenDenoiser(40, 12, n_layer=1, n_head=2, n_embd=32, rope=True)
+        cond = TokenDenoiser(40, 12, n_layer=1, n_head=2, n_embd=32, n_classes=3)
+        unif = TokenDenoiser(40, 12, process='uniform', n_layer=1, n_head=2, n_embd=32, time_cond=True)
+        pat = PatternDenoiser(table.to('meta'), 3, 12, n_layer=1, n_head=2, n_embd=32)
+        ar = make_ar_model(40, 12, n_layer=1, n_head=2, n_embd=32)
+    return tok, cond, unif, pat, ar
+
+
+def test_forward_passes_and_losses_run_on_the_meta_device():
+    "Models and inputs on `meta`: a tensor made on the CPU inside a forward pass or a loss fails loudly."
+    if _transformer_reads_values_on_meta(): pytest.skip("vtd.transformer's id check reads values on meta (needs `not idx.is_meta`)")
+    tok, cond, unif, pat, ar = _meta_models()
+    A, U = AbsorbingProcess(40), UniformProcess(40)
+    x0 = torch.zeros(4, 12, dtype=torch.long, device='meta')
+    g = torch.Generator().manual_seed(0)
+    assert masked_diffusion_loss(tok, A, x0, generator=g).is_meta
+    assert masked_diffusion_loss(tok, A, x0, generator=g, weighting='masked_mean').is_meta
+    assert masked_diffusion_loss(cond, A, x0, generator=g, class_label=torch.zeros(4, dtype=torch.long, device='meta')).is_meta
+    assert discrete_time_loss(tok, A, x0, 10, generator=g).is_meta
+    assert discrete_time_loss(unif, U, x0, 10, generator=g, hybrid_ce=0.01).is_meta
+    for score in ('cells', 'vocabulary', 'both'):
+        pat.score = score
+        assert masked_diffusion_loss(pat, A, x0, generator=g).is_meta
+    pat.score = 'cells'
+    assert pat.decode_cells(torch.zeros(4, 12, 25, dtype=torch.long, device='meta'))[0].is_meta
+    assert ar_loss(ar, x0).is_meta
+    # one reverse step's pieces: the denoiser's draw and the uniform process's posterior
+    probs = tok.x0_probs(torch.full((4, 12), 40, device='meta'), torch.ones(4))
+    assert categorical(probs, g).is_meta
+    assert U.posterior(x0, unif.x0_probs(x0, torch.ones(4)), torch.tensor(0.2), torch.tensor(0.4)).is_meta
+
+
+def test_samplers_and_bounds_create_nothing_off_their_inputs_device():
+    """Models and data on the CPU, torch's default device `meta`: any tensor a sampler or bound creates
+    without naming a device lands on `meta`, and mixing it with the CPU tensors fails loudly."""
+    d, A = _tiny(V=40, L=12), AbsorbingProcess(40)
+    du, U = _tiny(V=40, L=12, process='uniform', time_cond=True), UniformProcess(40)
+    table = torch.randint(0, 3, (40, 25), generator=torch.Generator().manual_seed(0))
+    pd = PatternDenoiser(table, 3, 12, n_layer=1, n_head=2, n_embd=32)
+    ar = make_ar_model(40, 12, n_layer=1, n_head=2, n_embd=32)
+    x0 = torch.randint(0, 40, (6, 12), generator=torch.Generator().manual_seed(0))
+    given = x0.clone(); given[:, 3:] = 40
+    with torch.device('meta'):
+        g = torch.Generator().manual_seed(0)
+        assert ancestral_sample(d, A, 2, 12, 6, g, x_init=given[:2])['tokens'].device.type == 'cpu'
+        assert ancestral_sample(du, U, 2, 12, 3, g, x_init=given[:2])['tokens'].device.type == 'cpu'
+        assert ancestral_sample(pd, A, 2, 12, 4, g)['tokens'].device.type == 'cpu'
+        assert maskgit_sample(d, A, 2, 12, 4, g, x_init=given[:2])['tokens'].device.type == 'cpu'
+        assert ar_sample(ar, 2, 12, g, prompt=x0[0, :3]).device.type == 'cpu'
+        assert math.isfinite(heldout_bound(d, A, x0, n_t=2)['bits_per_token'])
+        assert math.isfinite(heldout_bound(du, U, x0, n_t=2, T=5)['bits_per_token'])
+        assert math.isfinite(ar_heldout_bits(ar, x0)['bits_per_token'])
+        assert masked_diffusion_loss(d, A, x0, generator=g).device.type == 'cpu'
+
+
+def test_float32_probabilities_still_draw_exactly():
+    "MPS has no float64, so its probabilities arrive in float32 and the draw is made on the CPU: the Zipf entropy is kept."
+    V = 4000
+    p = 1 / torch.arange(1, V + 1, dtype=torch.float64); p /= p.sum()
+    H = float(-(p * p.log2()).sum())
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([categorical(p.float().expand(1000, V), g) for _ in range(20)])
+    ce = -p.log2()[x]
+    assert abs(ce.mean().item() - H) < 4 * ce.std().item() / math.sqrt(len(x))
+    assert (x >= V // 2).float().mean() > 0.05     # the rare half of the vocabulary is drawn

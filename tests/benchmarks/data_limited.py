@@ -13,6 +13,9 @@ times per sequence, its standard error printed), and reports where the curves cr
 
     python tests/benchmarks/data_limited.py --epochs 32        # about 32 minutes on 2 CPU cores (14 AR + 18 diffusion)
     python tests/benchmarks/data_limited.py --epochs 2 --smoke  # a quick check that it runs
+    python tests/benchmarks/data_limited.py --epochs 32 --device cuda
+
+The settings are lesson 08's `TextModelConfig` (`.full()`, or `.smoke()` with `--smoke`).
 
 Writes `data_limited.json` and `data_limited.png` to `--out` (default `tests/benchmarks/results/`, ignored by git).
 """
@@ -21,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from vtd.core import fit, seed_everything
+from vtd.core import batches, fit, get_device, seed_everything
 from vtd.data import load_text_corpus, tokenize_words, Vocabulary
-from vtd.diffusion import (AbsorbingProcess, TokenDenoiser, make_ar_model, ar_loss, ar_heldout_bits,
+from vtd.diffusion import (AbsorbingProcess, TextModelConfig, TokenDenoiser, make_ar_model, ar_loss, ar_heldout_bits,
                            masked_diffusion_loss, heldout_bound)
 
 
@@ -34,45 +37,44 @@ def main(argv=None):
     ap.add_argument('--smoke', action='store_true', help='a small model on 25k words: checks that the script runs')
     ap.add_argument('--no-rope', action='store_true', help='learned absolute positions instead of rotary ones (both models)')
     ap.add_argument('--weighting', default='masked_mean', choices=['masked_mean', 'elbo'], help="masked diffusion's training loss")
+    ap.add_argument('--device', default='auto', help="'auto' (CUDA, then MPS, then the CPU), 'cpu', 'cuda' or 'mps'")
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results'))
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     seed_everything(0)
+    device = get_device(args.device)
+    cfg = TextModelConfig.preset(args.smoke).replace(epochs=args.epochs, rope=not args.no_rope)
 
-    seq_len, vocab_cap = (32, 400) if args.smoke else (64, 4000)
+    seq_len = cfg.seq_len
     toks = tokenize_words(load_text_corpus('tinyshakespeare').text)
-    if args.smoke: toks = toks[:25_000]
+    if cfg.max_words: toks = toks[:cfg.max_words]
     n_train = int(0.9 * len(toks))
-    vocab = Vocabulary.build(toks[:n_train], max_size=vocab_cap); V = len(vocab)
+    vocab = Vocabulary.build(toks[:n_train], max_size=cfg.vocab_size); V = len(vocab)
     ids = vocab.encode(toks)
     train_seqs = ids[:n_train // seq_len * seq_len].view(-1, seq_len)
     held = ids[n_train:]; eval_seqs = held[:len(held) // seq_len * seq_len].view(-1, seq_len)[:32 if args.smoke else 400]
     counts = torch.bincount(ids[:n_train], minlength=V).double() + 0.5
     unigram = -(counts / counts.sum()).log2()[eval_seqs].mean().item()
-    model_kw = dict(n_layer=1, n_head=2, n_embd=32) if args.smoke else dict(n_layer=4, n_head=4, n_embd=128)
-    model_kw['rope'] = not args.no_rope
-    batch_size, dropout = 32, (0.0 if args.smoke else 0.1)
+    train_seqs, eval_seqs = train_seqs.to(device), eval_seqs.to(device)   # the data goes to the device once
     print(f"V = {V}, {len(train_seqs)} training sequences of {seq_len} words, {len(eval_seqs)} held out; "
-          f"unigram {unigram:.3f} bits/word; {args.epochs} epochs each")
+          f"unigram {unigram:.3f} bits/word; {args.epochs} epochs each; device {device}")
 
     absorbing = AbsorbingProcess(V)
     curves = {}
 
     def run(name, model, loss_fn, eval_fn, lr, wd):
         gen = torch.Generator().manual_seed(0)
-        def batches():
-            perm = torch.randperm(len(train_seqs), generator=gen)
-            for b in range(0, len(perm) - batch_size + 1, batch_size): yield train_seqs[perm[b:b + batch_size]]
-        total = args.epochs * (len(train_seqs) // batch_size)
+        total = args.epochs * (len(train_seqs) // cfg.batch_size)
+        model = model.to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
         sched = torch.optim.lr_scheduler.LambdaLR(  # lesson 08's warm-up and cosine decay to 10%
-            opt, lambda s: min(1, (s + 1) / 50) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, total) / total))))
+            opt, lambda s: min(1, (s + 1) / cfg.warmup_steps) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, total) / total))))
         evals = []
         def valid(m):
             r = eval_fn(m); evals.append(r); return r['bits_per_token']
         t0 = time.perf_counter()
-        hist = fit(model, loss_fn, batches, epochs=args.epochs, opt=opt, scheduler=sched, valid_fn=valid,
-                   keep_best=False, grad_clip=1.0, desc=name)
+        hist = fit(model, loss_fn, batches(train_seqs, batch_size=cfg.batch_size, generator=gen, drop_last=True),
+                   epochs=args.epochs, opt=opt, scheduler=sched, valid_fn=valid, keep_best=False, grad_clip=cfg.grad_clip, desc=name)
         curves[name] = dict(bits=[r['bits_per_token'] for r in evals], stderr=[r['stderr'] for r in evals],
                             train_nats=hist['train'], seconds=time.perf_counter() - t0)
         best = min(range(len(evals)), key=lambda e: evals[e]['bits_per_token'])
@@ -80,13 +82,13 @@ def main(argv=None):
               f"last {evals[-1]['bits_per_token']:.3f}; {curves[name]['seconds'] / 60:.1f} min")
 
     torch.manual_seed(0)
-    run('autoregressive', make_ar_model(V, 2 * seq_len, dropout=dropout, **model_kw), lambda m, x: ar_loss(m, x),
-        lambda m: ar_heldout_bits(m, eval_seqs), lr=1e-3, wd=0.1)
+    run('autoregressive', make_ar_model(V, 2 * seq_len, dropout=cfg.ar_dropout, **cfg.model_kw()), lambda m, x: ar_loss(m, x),
+        lambda m: ar_heldout_bits(m, eval_seqs), lr=cfg.ar_lr, wd=cfg.ar_weight_decay)
     torch.manual_seed(0)
     loss_gen = torch.Generator().manual_seed(1)
-    run('masked diffusion', TokenDenoiser(V, 2 * seq_len, **model_kw),
+    run('masked diffusion', TokenDenoiser(V, 2 * seq_len, **cfg.model_kw()),
         lambda m, x: masked_diffusion_loss(m, absorbing, x, generator=loss_gen, weighting=args.weighting),
-        lambda m: heldout_bound(m, absorbing, eval_seqs, n_t=args.n_t), lr=3e-3, wd=0.0)
+        lambda m: heldout_bound(m, absorbing, eval_seqs, n_t=args.n_t), lr=cfg.diffusion_lr, wd=0.0)
 
     ar, md = curves['autoregressive'], curves['masked diffusion']
     below = [e + 1 for e in range(args.epochs) if md['bits'][e] < ar['bits'][e]]
@@ -98,7 +100,7 @@ def main(argv=None):
           + (f"; below its best at epochs {[e + 1 for e in range(args.epochs) if md['bits'][e] < min(ar['bits'])] or 'none'}"))
 
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    (out / 'data_limited.json').write_text(json.dumps(dict(args=vars(args), V=V, unigram=unigram, curves=curves,
+    (out / 'data_limited.json').write_text(json.dumps(dict(args=vars(args), config=cfg.asdict(), device=str(device), V=V, unigram=unigram, curves=curves,
                                                            diffusion_below_ar_at_epochs=below), indent=1))
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -56,7 +56,7 @@ def test_ar_and_bpe_from_the_command_line(tmp_path, corpus):
     lm = VisualTokenLM.load(tmp_path / 'ar' / 'best.pt')
     assert lm.cfg.model == 'ar' and lm.cfg.tokenizer == 'bpe'
     code, out, _ = run(['generate', tmp_path / 'ar' / 'best.pt', '--prompt', 'first', '--length', '8', '--num-samples', '1'])
-    assert code == 0 and out.splitlines()[-1].startswith('[0] first')
+    assert code == 0 and '[0] first' in out, out
 
 
 def test_clear_errors(tmp_path, corpus):
@@ -81,7 +81,7 @@ def test_clear_errors(tmp_path, corpus):
 
 
 def test_ctrl_c_leaves_a_resumable_run_that_ends_like_an_uninterrupted_one(tmp_path, corpus):
-    args = ['train', corpus, '--epochs', '40', *TINY]
+    args = ['train', corpus, '--epochs', '12', *TINY[:-1], '0']
     assert run([*args[:2], '--out', tmp_path / 'whole', *args[2:]])[0] == 0
     proc = subprocess.Popen([sys.executable, '-m', 'vtd.cli', *map(str, args[:2]), '--out', str(tmp_path / 'cut'), *args[2:]],
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -92,7 +92,7 @@ def test_ctrl_c_leaves_a_resumable_run_that_ends_like_an_uninterrupted_one(tmp_p
     assert proc.returncode == 130, out
     assert 'resumable' in out
     cut = VisualTokenLM.load(tmp_path / 'cut' / 'last.pt')
-    assert 0 < cut.run_state['step'] < 40 * 7
+    assert 0 < cut.run_state['step'] < 12 * 7
     code, out, err = run(['train', corpus, '--out', tmp_path / 'cut', '--resume', '--no-progress'])
     assert code == 0, err
     a, b = (VisualTokenLM.load(tmp_path / d / 'last.pt') for d in ('whole', 'cut'))

@@ -101,8 +101,8 @@ def _train(a) -> int:
     hist = lm.fit(train_ids=train_ids, valid_ids=valid_ids, epochs=budget['epochs'], minutes=budget['minutes'], out=out,
                   resume=resume, show_progress=not a.no_progress, samples_per_epoch=a.samples, keep_best=False, log=say).history
     if hist['interrupted']: return 130
-    say(f"done: {hist['steps']} steps; best held-out {hist['best_bits']:.3f} bits/token at epoch {hist['best_epoch']:.2f}; "
-        f"checkpoints in {out} (best.pt, last.pt)")
+    if rank == 0: print(f"done: {hist['steps']} steps; best held-out {hist['best_bits']:.3f} bits/token at epoch "
+                        f"{hist['best_epoch']:.2f}; checkpoints in {out} (best.pt, last.pt)")
     return 0
 
 def _generate(a) -> int:

@@ -394,10 +394,12 @@ def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int |
         log(f"epoch {hist['epoch'][-1]:.2f}: train loss {hist['train_loss'][-1]:.3f} nats/token, held-out {r['bits_per_token']:.3f} "
             f"± {r['stderr']:.3f} bits/token, {hist['tokens_per_s'][-1]:,.0f} tokens/s" + (' (best)' if improved else ''))
 
-    def write_run(out):
+    last_plot = [-math.inf]
+    def write_run(out, final=False):
         lm.save(out / 'last.pt', extra={'run': run_state()})
         (out / 'history.json').write_text(json.dumps({**hist, 'config': cfg.asdict()}, indent=1))
-        plot_history(hist, out / 'loss.png')
+        if final or time.perf_counter() - last_plot[0] > 60:   # the curve is redrawn at most once a minute, and at the end
+            plot_history(hist, out / 'loss.png'); last_plot[0] = time.perf_counter()
         with open(out / 'samples.txt', 'w', encoding='utf-8') as f:
             for s in hist['samples']: f.write(f"== epoch {s['epoch']:.2f}\n" + '\n'.join(f"- {t}" for t in s['texts']) + '\n')
 
@@ -443,8 +445,8 @@ def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int |
     hist['steps'], hist['interrupted'] = run['step'], stopped
     if stopped:
         if main and out is not None:
-            write_run(out); log(f"stopped at step {run['step']}: {out / 'last.pt'} is resumable (vtd train ... --resume)")
-    elif main and out is not None: write_run(out)
+            write_run(out, final=True); log(f"stopped at step {run['step']}: {out / 'last.pt'} is resumable (vtd train ... --resume)")
+    elif main and out is not None: write_run(out, final=True)
     if best_state is not None and not stopped: lm.net.load_state_dict(best_state)
     lm.net.eval()
     return hist

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--tokenizer', choices=TOKENIZERS, help=f"words, or a byte-level BPE trained on the corpus (default {d.tokenizer})")
     for name, typ in (('vocab_size', int), ('seq_len', int), ('n_layer', int), ('n_head', int), ('n_embd', int),
                       ('batch_size', int), ('lr', float), ('seed', int)):
-        t.add_argument('--' + _CONFIG_FLAGS[name], dest=name, type=typ, help=f"(default {getattr(d, name)})")
+        t.add_argument('--' + _CONFIG_FLAGS[name], dest=name, type=typ,
+                       help='(default 3e-3 for diffusion, 1e-3 for ar)' if name == 'lr' else f"(default {getattr(d, name)})")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument('--epochs', type=int, help=f"passes over the training text (default {d.epochs})")
     budget.add_argument('--minutes', type=float, help='a wall-clock budget instead of epochs')

@@ -35,6 +35,7 @@ def measure(lm, ar, held_text, n_t, n_eval, speed_batches, step_list, seed=0):
     ids = lm.tokenizer.encode(held_text)
     seqs = as_sequences(ids, cfg.seq_len)[:n_eval]
     r = lm.heldout_bits(seqs, n_t=n_t)
+    print(f"  {cfg.model}: held-out {r['bits_per_token']:.3f} ± {r['stderr']:.3f} bits/word on {len(seqs)} sequences", flush=True)
     row = dict(bits_per_word=r['bits_per_token'], stderr=r['stderr'], tokens_per_s=lm.history['tokens_per_s'][-1],
                steps=lm.history['steps'], epochs=lm.history['epoch'][-1])
     prompt = "first citizen : before we proceed any further , hear me speak ."
@@ -46,6 +47,7 @@ def measure(lm, ar, held_text, n_t, n_eval, speed_batches, step_list, seed=0):
         for S in (step_list if cfg.model == 'diffusion' else ['kv-cache']):
             _, sec = timed(lambda: lm.sample(length=cfg.seq_len, steps=S if S != 'kv-cache' else 1, num_samples=bs, seed=seed))
             speed[f"{S}@{bs}"] = bs * cfg.seq_len / sec
+            print(f"  {cfg.model} generation, {S} steps, batch {bs}: {speed[f'{S}@{bs}']:,.0f} words/s", flush=True)
     row['words_per_s'] = speed
     if cfg.model == 'diffusion':
         g = torch.Generator().manual_seed(seed)

@@ -1,0 +1,105 @@
+"The `vtd` command: train / generate / score on a text the test writes, checkpoints and run files, Ctrl-C and --resume, clear errors."
+import contextlib, io, json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vtd.cli import main
+from vtd.core import save_checkpoint
+from vtd.lm import VisualTokenLM
+
+REPO = Path(__file__).resolve().parent.parent
+LINES = ["first citizen : before we proceed any further , hear me speak .", "all : speak , speak .",
+         "first citizen : you are all resolved rather to die than to famish ?", "all : resolved . resolved ."]
+TINY = ['--seq-len', '8', '--vocab-size', '60', '--n-layer', '1', '--n-head', '2', '--n-embd', '16', '--batch-size', '8',
+        '--no-progress', '--samples', '1']
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    p = tmp_path / 'corpus.txt'; p.write_text('\n'.join(LINES * 15), encoding='utf-8')
+    return p
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def env():
+    return {**os.environ, 'PYTHONPATH': str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''), 'OMP_NUM_THREADS': '1'}
+
+
+def test_train_generate_score(tmp_path, corpus):
+    code, out, err = run(['train', corpus, '--out', tmp_path / 'run', '--epochs', '2', *TINY])
+    assert code == 0, err
+    files = {p.name for p in (tmp_path / 'run').iterdir()}
+    assert files >= {'best.pt', 'last.pt', 'history.json', 'loss.png', 'samples.txt'}
+    hist = json.loads((tmp_path / 'run' / 'history.json').read_text())
+    assert len(hist['valid_bits']) == 2 and hist['config']['seq_len'] == 8 and len(hist['samples']) == 2
+    assert 'tokens/s' in out and 'held-out' in out
+    code, out, err = run(['generate', tmp_path / 'run' / 'best.pt', '--prompt', 'first citizen :', '--length', '8',
+                          '--num-samples', '3', '--steps', '4', '--seed', '1'])
+    samples = [l for l in out.splitlines() if l.startswith('[')]
+    assert code == 0 and len(samples) == 3 and all(l.split('] ', 1)[1].startswith('first citizen:') for l in samples), out
+    code, out, _ = run(['generate', tmp_path / 'run' / 'best.pt', '--length', '8', '--steps', '4', '--num-samples', '1', '--show-steps'])
+    assert code == 0 and out.count('step ') == 4 and '_' in out.splitlines()[0]
+    code, out, _ = run(['score', tmp_path / 'run' / 'best.pt', corpus, '--n-t', '2'])
+    assert code == 0 and 'bits/word' in out and 'floors: unigram' in out
+
+
+def test_ar_and_bpe_from_the_command_line(tmp_path, corpus):
+    tiny = [a if a != '60' else '280' for a in TINY]
+    assert run(['train', corpus, '--out', tmp_path / 'ar', '--model', 'ar', '--tokenizer', 'bpe', '--epochs', '1', *tiny])[0] == 0
+    lm = VisualTokenLM.load(tmp_path / 'ar' / 'best.pt')
+    assert lm.cfg.model == 'ar' and lm.cfg.tokenizer == 'bpe'
+    code, out, _ = run(['generate', tmp_path / 'ar' / 'best.pt', '--prompt', 'first', '--length', '8', '--num-samples', '1'])
+    assert code == 0 and '[0] first' in out, out
+
+
+def test_clear_errors(tmp_path, corpus):
+    (tmp_path / 'empty.txt').write_text(' \n'); (tmp_path / 'short.txt').write_text('to be or not')
+    save_checkpoint(tmp_path / 'other.pt', torch.nn.Linear(2, 2), {'a': 1}, kind='codebook')
+    cases = [(['train', tmp_path / 'nope.txt', '--out', tmp_path / 'a'], 'does not exist'),
+             (['train', tmp_path / 'empty.txt', '--out', tmp_path / 'b'], 'is empty'),
+             (['train', tmp_path / 'short.txt', '--out', tmp_path / 'c'], 'fewer than one sequence'),
+             (['generate', tmp_path / 'other.pt'], "'codebook' checkpoint, expected 'vtd-lm'"),
+             (['score', tmp_path / 'nope.pt', corpus], 'no checkpoint'),
+             (['train', corpus, '--out', tmp_path / 'd', '--resume'], 'no '),
+             (['train', corpus, '--out', tmp_path / 'e', '--patterns', 'arbitrary', '--model', 'ar'], 'token embeddings')]
+    if not torch.cuda.is_available(): cases.append((['train', corpus, '--out', tmp_path / 'f', '--device', 'cuda'], 'CUDA is not available'))
+    for argv, msg in cases:
+        code, _, err = run(argv)
+        assert code == 2 and msg in err and err.startswith('vtd '), (argv, err)
+    assert run(['train', corpus, '--out', tmp_path / 'g', '--epochs', '1', *TINY])[0] == 0
+    code, _, err = run(['train', corpus, '--out', tmp_path / 'g', '--epochs', '1', *TINY])
+    assert code == 2 and 'pass --resume' in err
+    code, _, err = run(['train', corpus, '--out', tmp_path / 'g', '--resume', '--n-embd', '32'])
+    assert code == 2 and '--n-embd 32 (the run has 16)' in err
+
+
+def test_ctrl_c_leaves_a_resumable_run_that_ends_like_an_uninterrupted_one(tmp_path, corpus):
+    args = ['train', corpus, '--epochs', '12', *TINY[:-1], '0']
+    assert run([*args[:2], '--out', tmp_path / 'whole', *args[2:]])[0] == 0
+    proc = subprocess.Popen([sys.executable, '-m', 'vtd.cli', *map(str, args[:2]), '--out', str(tmp_path / 'cut'), *args[2:]],
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (tmp_path / 'cut' / 'history.json').exists() and proc.poll() is None and time.time() - t0 < 120: time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    assert 'resumable' in out
+    cut = VisualTokenLM.load(tmp_path / 'cut' / 'last.pt')
+    assert 0 < cut.run_state['step'] < 12 * 7
+    code, out, err = run(['train', corpus, '--out', tmp_path / 'cut', '--resume', '--no-progress'])
+    assert code == 0, err
+    a, b = (VisualTokenLM.load(tmp_path / d / 'last.pt') for d in ('whole', 'cut'))
+    assert a.run_state['step'] == b.run_state['step']
+    for (k, x), y in zip(a.net.state_dict().items(), b.net.state_dict().values()): assert torch.equal(x, y), k
+
+
+def test_module_entry_point_and_help():
+    r = subprocess.run([sys.executable, '-m', 'vtd.cli', '--help'], env=env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and all(c in r.stdout for c in ('train', 'generate', 'score'))

@@ -1,0 +1,155 @@
+"Unit tests for vtd.lm: config, tokenizers, the model's fit/score/generate/infill/save/load, resume, sharding, devices."
+import math, warnings
+
+import pytest
+import torch
+
+from vtd.core import CheckpointError, save_checkpoint
+from vtd.lm import (LMConfig, VisualTokenLM, WordTokenizer, BPETokenizer, CorpusError, read_corpus, split_corpus,
+                    as_sequences, train_lm, _Objective, lr_factor)
+
+TEXT = ("first citizen : before we proceed any further , hear me speak . all : speak , speak . "
+        "first citizen : you are all resolved rather to die than to famish ? all : resolved . resolved . ") * 12
+TINY = LMConfig(seq_len=8, vocab_size=60, n_layer=1, n_head=2, n_embd=16, batch_size=8, epochs=1, n_valid=8, warmup=2)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return VisualTokenLM.build(TEXT, TINY.replace(**kw))
+
+
+def quiet_fit(lm, **kw):
+    return lm.fit(TEXT, show_progress=False, log=lambda *a: None, **kw)
+
+
+def test_config_checks_names_and_fills_defaults_by_kind():
+    with pytest.raises(ValueError, match='model must be one of'): LMConfig(model='gpt')
+    with pytest.raises(ValueError, match='patterns must be one of'): LMConfig(patterns='fancy')
+    with pytest.raises(ValueError, match='autoregressive baseline reads token embeddings'): LMConfig(model='ar', patterns='arbitrary')
+    with pytest.raises(ValueError, match='byte-level BPE needs'): LMConfig(tokenizer='bpe', vocab_size=100)
+    assert (LMConfig().lr, LMConfig().dropout, LMConfig(model='ar').lr, LMConfig(model='ar').dropout) == (3e-3, 0.0, 1e-3, 0.1)
+    assert LMConfig(lr=5e-4).lr == 5e-4
+    assert lr_factor(0.0, 0, 10) == pytest.approx(0.1) and lr_factor(1.0, 100, 10) == pytest.approx(0.1)
+
+
+def test_word_tokenizer_round_trip_and_unknown_words_are_named():
+    tok = WordTokenizer.train(TEXT, 40)
+    assert tok.decode(tok.encode("you are all resolved .")) == "you are all resolved."
+    with pytest.warns(UserWarning, match=r"\['zyzzyva'\]"):
+        ids = tok.encode("you are zyzzyva", warn=True)
+    assert ids[-1].item() == tok.unk_id
+
+
+def test_bpe_tokenizer_encodes_anything_without_unk():
+    tok = BPETokenizer.train(TEXT, 300)
+    s = "Coriolanus wrote C++ at 3am: naïve café ☃"
+    assert tok.decode(tok.encode(s)) == s and tok.unk_id is None and len(tok) <= 300
+
+
+def test_split_holds_out_the_end_at_a_space():
+    a, b = split_corpus("one two three four five six seven eight nine ten", 0.3)
+    assert a + b == "one two three four five six seven eight nine ten" and b.startswith(' ') and len(b) < len(a)
+    assert as_sequences(torch.arange(10), 4).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_corpus_errors_are_clear(tmp_path):
+    with pytest.raises(CorpusError, match='does not exist'): read_corpus(tmp_path / 'nope.txt')
+    with pytest.raises(CorpusError, match='is a directory'): read_corpus(tmp_path)
+    (tmp_path / 'e.txt').write_text(' \n'); (tmp_path / 'b.txt').write_bytes(b'\xff\xfe\x00bad')
+    with pytest.raises(CorpusError, match='is empty'): read_corpus(tmp_path / 'e.txt')
+    with pytest.raises(CorpusError, match='not UTF-8'): read_corpus(tmp_path / 'b.txt')
+    with pytest.raises(CorpusError, match='fewer than one sequence'): VisualTokenLM.build("to be or not", TINY)
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary'), dict(tokenizer='bpe', vocab_size=280)],
+                         ids=['diffusion', 'ar', 'patterns', 'bpe'])
+def test_fit_score_generate_keep_the_prompt(kw):
+    lm = quiet_fit(tiny(**kw))
+    h = lm.history
+    assert h['steps'] > 0 and len(h['valid_bits']) == 1 and math.isfinite(h['best_bits'])
+    s = lm.score(TEXT[-400:], n_t=2)
+    assert math.isfinite(s['bits_per_word']) and s['uniform_bits_per_token'] == pytest.approx(math.log2(lm.vocab_size))
+    assert s['measure'].startswith('exact' if lm.cfg.model == 'ar' else 'diffusion')
+    prompt = "first citizen : you" if lm.cfg.tokenizer == 'word' else "first"
+    p = lm.encode_prompt(prompt)
+    for sampler in ('ancestral', 'maskgit'):
+        r = lm.sample(prompt, length=8, steps=4, sampler=sampler, num_samples=5, seed=1)
+        assert r['tokens'].shape == (5, 8) and (r['tokens'][:, :len(p)] == p).all()
+        assert (r['tokens'] < lm.vocab_size).all() and len(r['texts']) == 5
+    assert lm.generate(prompt, length=8, seed=3) == lm.generate(prompt, length=8, seed=3)
+
+
+def test_prompt_errors_and_infill():
+    lm = quiet_fit(tiny())
+    with pytest.raises(ValueError, match='more than the 8 to generate'): lm.generate("speak " * 9)
+    with pytest.raises(ValueError, match='longer than the model'): lm.generate(length=9)
+    with pytest.raises(ValueError, match="sampler must be"): lm.generate(sampler='beam')
+    with pytest.warns(UserWarning, match='zyzzyva'): lm.generate("zyzzyva speak", length=8)
+    r = lm.infill("you are ___ resolved ___ to die", num_samples=3)
+    x = lm.tokenizer.encode("you are all resolved rather to die")
+    keep = torch.ones(len(x), dtype=torch.bool); keep[r['holes']] = False
+    assert r['holes'] == [2, 4] and (r['tokens'][:, keep] == x[keep]).all() and len(r['filled'][0]) == 2
+    assert (r['tokens'] != lm.process.mask_id).all()
+    with pytest.raises(ValueError, match='no blank'): lm.infill("no blank here")
+    with pytest.raises(ValueError, match='cannot infill'): tiny(model='ar').infill("you ___ all")
+
+
+def test_save_load_round_trip_and_refusals(tmp_path):
+    lm = quiet_fit(tiny(patterns='arbitrary'))
+    lm.save(tmp_path / 'lm.pt')
+    back = VisualTokenLM.load(tmp_path / 'lm.pt', device='cpu')
+    assert back.cfg == lm.cfg and torch.equal(back.pattern_table, lm.pattern_table)
+    assert back.generate("you are", length=8, seed=2) == lm.generate("you are", length=8, seed=2)
+    with pytest.raises(CheckpointError, match='n_layer'): VisualTokenLM.load(tmp_path / 'lm.pt', expected_config=lm.cfg.replace(n_layer=2))
+    save_checkpoint(tmp_path / 'other.pt', torch.nn.Linear(2, 2), {'a': 1}, kind='codebook')
+    with pytest.raises(CheckpointError, match="'codebook' checkpoint, expected 'vtd-lm'"): VisualTokenLM.load(tmp_path / 'other.pt')
+    torch.save({'config': {'hidden_dim': None}, 'model': torch.nn.Linear(2, 2)}, tmp_path / 'seed.pt')
+    with pytest.raises(CheckpointError): VisualTokenLM.load(tmp_path / 'seed.pt')
+    with pytest.raises(CheckpointError, match='no checkpoint'): VisualTokenLM.load(tmp_path / 'none.pt')
+    with pytest.raises(ValueError, match='unknown device'): VisualTokenLM.load(tmp_path / 'lm.pt', device='tpu')
+
+
+@pytest.mark.parametrize('model', ['diffusion', 'ar'])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, model):
+    cfg = dict(model=model, epochs=3)
+    whole = quiet_fit(tiny(**cfg), out=tmp_path / 'whole', keep_best=False)
+    part = quiet_fit(tiny(**cfg), out=tmp_path / 'part', keep_best=False, stop_at_step=whole.history['steps'] // 2 + 1)
+    assert part.history['interrupted'] and part.history['steps'] < whole.history['steps']
+    again = VisualTokenLM.load(tmp_path / 'part' / 'last.pt')
+    assert again.run_state['step'] == part.history['steps']
+    quiet_fit(again, out=tmp_path / 'part', resume=again.run_state, keep_best=False)
+    assert again.history['steps'] == whole.history['steps'] and not again.history['interrupted']
+    for (k, a), b in zip(whole.net.state_dict().items(), again.net.state_dict().values()): assert torch.equal(a, b), k
+    assert again.history['valid_bits'] == whole.history['valid_bits']
+    assert {p.name for p in (tmp_path / 'whole').iterdir()} >= {'best.pt', 'last.pt', 'history.json', 'loss.png', 'samples.txt'}
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary')], ids=['diffusion', 'ar', 'patterns'])
+def test_sharded_objective_sums_to_the_global_batch(kw):
+    "What DDP relies on: the mean over 2 ranks of each rank's loss on its rows is the 1-process loss, and so is the gradient."
+    lm = tiny(dropout=0.0, **kw)
+    x0 = as_sequences(lm.tokenizer.encode(TEXT), 8)[:8]
+    obj = _Objective(lm)
+    def loss_and_grad(rank, world):
+        lm.net.zero_grad(); loss = obj(x0, 123, rank, world); loss.backward()
+        return loss.item(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in lm.net.parameters()]
+    l1, g1 = loss_and_grad(0, 1)
+    (la, ga), (lb, gb) = loss_and_grad(0, 2), loss_and_grad(1, 2)
+    assert (la + lb) / 2 == pytest.approx(l1, rel=1e-5)
+    for a, b, c in zip(ga, gb, g1): assert torch.allclose((a + b) / 2, c, atol=1e-6)
+
+
+@pytest.mark.xfail(raises=RuntimeError, strict=False,
+                   reason="upstream value checks call .min()/.max() on meta tensors (issue 20 asks them to skip meta): "
+                          "vtd.transformer.Transformer.forward, vtd.diffusion._ar_inputs, PatternDenoiser.__init__; "
+                          "vtd.lm itself creates no tensor on the CPU (checked with those three guarded)")
+@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary')], ids=['diffusion', 'ar', 'patterns'])
+def test_forward_and_loss_on_the_meta_device(kw):
+    "A tensor the model's loss or forward creates on the CPU fails loudly on meta."
+    lm = tiny(**kw)
+    table = lm.pattern_table
+    with torch.device('meta'):
+        meta = VisualTokenLM(lm.cfg, lm.tokenizer, torch.zeros(lm.vocab_size), None if table is None else table.to('meta'))
+    x0 = torch.zeros(4, 8, dtype=torch.long, device='meta')
+    loss = _Objective(meta)(x0, 0)
+    assert loss.device.type == 'meta' and loss.shape == ()

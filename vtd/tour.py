@@ -134,7 +134,7 @@ def _tour_args(argv):
     ap = argparse.ArgumentParser(prog='vtd-tour', description="Run every lesson notebook and print a table of their headline figures.")
     ap.add_argument('--full', action='store_true', help="the reader's settings (default: smoke, minutes in all); updates the record of full runs")
     ap.add_argument('--device', default='auto', help="passed to every lesson: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    ap.add_argument('--only', default=None, help='run only the lessons whose file name contains this text (e.g. 03)')
+    ap.add_argument('--only', default=None, help='run only the lessons whose file name contains this text (e.g. 03; several: 00,01,05a)')
     ap.add_argument('--out', type=Path, default=Path('tour_output'), help='where executed notebooks and summaries go (default: tour_output)')
     ap.add_argument('--nbs', type=Path, default=None, help="folder of lesson notebooks (default: the repository's nbs/)")
     ap.add_argument('--record', type=Path, default=None, help='record of full runs to update (default: results/full.json of the repository; with --full only)')
@@ -148,7 +148,7 @@ def tour_main(argv: list[str] | None = None) -> int:
     "Console entry point `vtd-tour`: run every lesson notebook and print a table of their headline figures."
     a = _tour_args(argv)
     nbs_dir = (a.nbs or repo_root() / 'nbs').resolve()
-    nbs = [p for p in find_notebooks(nbs_dir) if not a.only or a.only in p.name]
+    nbs = [p for p in find_notebooks(nbs_dir) if not a.only or any(s and s in p.name for s in a.only.split(','))]
     if not nbs: print(f"vtd-tour: no notebooks matched in {nbs_dir}", file=sys.stderr); return 2
     out, mode = a.out.resolve(), 'full' if a.full else 'smoke'
     print(f"vtd-tour: {len(nbs)} notebooks in {mode} mode on device {a.device!r} -> {a.out}/", flush=True)
@@ -312,7 +312,8 @@ def process_notebook(src: str | Path, dest: str | Path, cwd: str | Path | None =
     except subprocess.TimeoutExpired: return f"nbdev's processing of {src.name} took over {timeout}s"
     if r.returncode == 0 and dest.exists(): return None
     err = [l for l in r.stderr.strip().splitlines() if l.strip()]
-    cause = next((l for l in reversed(err) if re.match(r'^\w*(Error|Exception)\b', l)), err[-1] if err else 'no message')
+    causes = [l for l in err if re.match(r'^[\w.]*(Error|Exception)\b', l)]
+    cause = next((l for l in reversed(causes) if not l.startswith('Exception: Error')), causes[-1] if causes else err[-1] if err else 'no message')
     where = next((l for l in err if l.startswith('Exception: Error')), '')
     return f"{src.name}: {cause}" + (f" ({where.removeprefix('Exception: ')})" if where else '')
 

@@ -90,3 +90,16 @@ def test_table_shows_headline_figures_only():
     assert 'held-out bits/word, autoregressive' in table and '7.123' in table and '25%' in table and 'extra_' not in table
     assert len(table.splitlines()) == 2 + len(HEADLINES['08_diffusion']) + 2
     assert headline('08_diffusion', {})[0][1].startswith('not recorded')
+
+
+@pytest.mark.notebook
+def test_benchmark_of_lesson_times_writes_its_table(tmp_path):
+    "tests/benchmarks/tour_times.py, run once on a stand-in lesson (its real use: every lesson, full settings, a device)."
+    nbs = tmp_path / 'nbs'; tiny_lesson(nbs, '01_tiny.ipynb')
+    r = subprocess.run([sys.executable, str(REPO / 'tests' / 'benchmarks' / 'tour_times.py'), '--nbs', str(nbs), '--device', 'cpu',
+                        '--out', str(tmp_path / 'out')], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads((tmp_path / 'out' / 'tour_times_cpu.json').read_text())
+    assert data['mode'] == 'full' and data['runs'][0]['results']['smoke'] is False and data['runs'][0]['results']['device asked'] == 'cpu'
+    table = (tmp_path / 'out' / 'tour_times.md').read_text()
+    assert '| `01_tiny` |' in table and 'cpu (' in table

@@ -667,7 +667,7 @@ def _render_lesson(path: Path, work: Path, nbs_dir: Path | None, exporter, site_
 def _page_top(p: dict, run: Mapping | None) -> str:
     "The heading of a lesson's page: title, description, how it ran, and a banner if nbdev's processing failed."
     how = '' if run is None else (f"Executed by the tour in {'smoke' if run.get('smoke', True) else 'full'} mode"
-                                  f"{' on ' + _esc(run['device']) if run.get('device') else ''} in {run['seconds']:.0f} s"
+                                  f"{' (device: ' + _esc(run['device']) + ')' if run.get('device') else ''} in {run['seconds']:.0f} s"
                                   + ('' if run['ok'] else f"; it FAILED: <code>{_esc(run['error'])}</code>") + '.')
     banner = (f'<div class="vtd-banner">nbdev\'s docs processing failed, so this page shows the notebook unprocessed '
               f'(no API entries): <code>{_esc(p["error"])}</code></div>') if p['error'] else ''
@@ -728,7 +728,7 @@ def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'a
         except FileNotFoundError: nbs_dir = None
     site_dir.mkdir(parents=True, exist_ok=True)
     kind, renderer, note, search_note = _assets(site_dir, widgets, cache_dir)
-    exporter = HTMLExporter(template_name='lab')
+    exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)  # Quarto shows no prompts
     exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'vtd-hide-input'}), enabled=True)
     exporter.widget_renderer_url, exporter.require_js_url = renderer, ''  # the standalone embed.js needs no require.js
     if kind != 'cdn': exporter.mathjax_url = ''  # offline: TeX stays as source rather than a failed request

@@ -33,6 +33,10 @@ def test_notebook_runs_in_smoke_mode(nb_path, tmp_path):
     if nb_path.name != 'index.ipynb':
         res = tmp_path / 'results' / f'{nb_path.stem}.json'
         assert res.exists(), f"{nb_path.name} recorded no results (call vtd.core.record_results)"
+        from vtd.tour import HEADLINES
+        recorded = json.loads(res.read_text())
+        gone = [key for _, key, _ in HEADLINES.get(nb_path.stem, []) if key not in recorded]
+        assert not gone, f"{nb_path.name} no longer records {gone}, which vtd.tour.HEADLINES shows in the tour's table: update one of them"
 
 
 def test_every_numbered_notebook_exports_one_module():
@@ -43,3 +47,13 @@ def test_every_numbered_notebook_exports_one_module():
         assert len(exps) == 1, f"{nb_path.name}: expected one '#| default_exp', found {exps}"
         mod = exps[0].split()[-1]
         assert (REPO / 'vtd' / f'{mod}.py').exists(), f"{nb_path.name} exports vtd/{mod}.py, which is missing"
+
+
+def test_every_lesson_takes_smoke_and_device():
+    "The tour passes `smoke` and `device` to every lesson (issue 20): each parameters cell must define both."
+    import ast
+    for nb_path in sorted(REPO.glob('nbs/[0-9]*.ipynb')):
+        cells = [c for c in json.loads(nb_path.read_text())['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
+        assert len(cells) == 1, f"{nb_path.name}: {len(cells)} parameters cells"
+        names = {t.id for node in ast.parse(''.join(cells[0]['source'])).body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+        assert {'smoke', 'device'} <= names, f"{nb_path.name}: its parameters cell defines {sorted(names)}, not smoke and device"

@@ -32,6 +32,21 @@ def test_readme_is_generated_from_index():
         "README.md is stale: run python -c 'from vtd.tour import write_readme; write_readme()'"
 
 
+def test_results_section_and_page_are_what_the_record_says():
+    "README's results table, the docs' home (index.ipynb) and nbs/results.md all come from the committed results/full.json."
+    from vtd.tour import RECORD, RESULTS_MARK, results_markdown, results_page_markdown
+    record = json.loads((REPO / RECORD).read_text())
+    table = results_markdown(record)
+    cells = [''.join(c['source']) for c in json.loads((REPO / 'nbs' / 'index.ipynb').read_text())['cells'] if c['cell_type'] == 'markdown']
+    assert table in cells, "nbs/index.ipynb's results cell is stale: run python -c 'from vtd.tour import write_results; write_results()'"
+    assert table in (REPO / 'README.md').read_text(), "README.md's results section is stale (write_results)"
+    assert (REPO / 'nbs' / 'results.md').read_text() == results_page_markdown(table), "nbs/results.md is stale (write_results)"
+    for lesson, e in record['lessons'].items():
+        assert {'commit', 'date', 'machine', 'seconds', 'headline', 'results'} <= set(e), f"{lesson}: incomplete entry"
+        assert {'cores', 'device'} <= set(e['machine']) and (REPO / 'nbs' / f'{lesson}.ipynb').exists(), lesson
+    assert table.startswith(RESULTS_MARK)
+
+
 def test_readme_gives_the_two_commands():
     text = (REPO / 'README.md').read_text()
     assert 'vtd-tour' in text and 'python -m pytest tests' in text
@@ -45,8 +60,9 @@ def test_quarto_config_is_the_one_nbdev_reads():
     assert cfg['project']['type'] == 'website'
     link = REPO / 'nbs' / '_quarto.yml'
     assert link.is_symlink() and link.resolve() == (REPO / '_quarto.yml').resolve()
-    listed = [m for section in cfg['website']['navbar']['left'] for m in section['menu']]
+    listed = [m for section in cfg['website']['navbar']['left'] for m in section.get('menu', [])]
     assert set(listed) >= {p.name for p in REPO.glob('nbs/[0-9]*.ipynb')}, "a lesson is missing from the docs menu"
+    assert 'results.md' in str(cfg['website']['navbar']), "the results page is missing from the docs' navigation"
 
 
 def test_docs_command_fails_loudly_without_quarto(tmp_path, monkeypatch):

@@ -1,12 +1,14 @@
 """The static site of executed notebooks (`vtd-tour --site`, `vtd.tour.build_site`), read in a real browser.
 
 The site is built the way the main job builds it, from two small stand-in lessons (tests/browser/site/:
-a figure, a live widget, links between pages), served from 127.0.0.1 and opened in Chromium. Every page
-must load with no console error and no failed request, every image must load, every internal link and
-anchor must lead somewhere, and every widget area must show its saved state (offline: the widget
-manager is the site's own copy). A page built with faults proves the checks bite.
+a figure, a live widget, a progress bar, an exported function, links between pages): executed, prepared,
+processed by nbdev, rendered. It is served from 127.0.0.1 and opened in Chromium. Every page must load with
+no console error and no failed request, every image must load, every internal link and anchor must lead
+somewhere, every widget area must show its saved state (offline: the widget manager is the site's own
+copy), every page's sidebar must reach every other page, and a search for a word on one page only must
+return that page. A page built with faults proves the checks bite.
 """
-import functools, http.server, json, re, threading
+import functools, http.server, json, re, sys, threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
@@ -33,8 +35,8 @@ def test_float_execution_total_is_stripped(tmp_path):
 
 def test_links_between_notebooks_point_at_pages():
     html = '<a href="02_b.ipynb#x">b</a> <a href="./02_b.ipynb">b</a> <a href="09_gone.ipynb">?</a> <a href="https://x.org/a.ipynb">e</a>'
-    out = _link_pages(html, {'02_b.html'})
-    assert out == '<a href="02_b.html#x">b</a> <a href="02_b.html">b</a> <a href="09_gone.ipynb">?</a> <a href="https://x.org/a.ipynb">e</a>'
+    out = _link_pages(html, {'02_b': 'b.html'})
+    assert out == '<a href="b.html#x">b</a> <a href="b.html">b</a> <a href="09_gone.ipynb">?</a> <a href="https://x.org/a.ipynb">e</a>'
 
 
 def test_build_site_refuses_an_empty_folder_and_a_bad_option(tmp_path):
@@ -43,14 +45,16 @@ def test_build_site_refuses_an_empty_folder_and_a_bad_option(tmp_path):
 
 
 def test_without_npm_or_network_the_site_says_its_widgets_cannot_render(tmp_path, monkeypatch, capsys):
-    import vtd.core
+    import vtd.tour
     nb = {'cells': [{'cell_type': 'markdown', 'metadata': {}, 'source': '# T\n\n> d'}], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 4}
     (tmp_path / 'run').mkdir(); (tmp_path / 'run' / '01_t.ipynb').write_text(json.dumps(nb))
-    monkeypatch.setenv('PATH', str(tmp_path))  # no npm on it
-    monkeypatch.setattr(vtd.core, '_online', lambda *a, **k: False)
+    monkeypatch.setenv('PATH', str(tmp_path) + ':' + str(Path(sys.executable).parent))  # python, but no npm
+    monkeypatch.setenv('VTD_CACHE', str(tmp_path / 'empty-cache'))
+    monkeypatch.setattr(vtd.tour, '_online', lambda *a, **k: False)
     info = build_site(tmp_path / 'run', tmp_path / 'site', cache_dir=tmp_path / 'cache')
     assert info['widgets'] == 'none' and 'NOT available' in info['widgets_note']
-    assert 'npm is not installed' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'npm is not installed' in err and 'lunr' in err and info['search_note'].startswith('plain word matching')
     assert 'NOT available' in (tmp_path / 'site' / 'index.html').read_text()
     with pytest.raises(RuntimeError, match='npm'): build_site(tmp_path / 'run', tmp_path / 'site', widgets='local', cache_dir=tmp_path / 'cache')
 
@@ -64,16 +68,32 @@ def site(tmp_path_factory):
     return out / 'site'
 
 
+PAGES = ['index.html', 'links.html', 'widgets.html']
+
+
 def test_site_has_a_page_per_notebook_and_an_index(site):
-    assert sorted(p.name for p in site.glob('*.html')) == ['01_widgets.html', '02_links.html', 'index.html']
+    assert sorted(p.name for p in site.glob('*.html')) == PAGES
     index = (site / 'index.html').read_text()
-    assert '01_widgets.html' in index and '02_links.html' in index and 'largest = 9' in index
-    assert 'src="data:image/png' in (site / '02_links.html').read_text(), "the plot is missing: figures not shown inline"
-    page = (site / '01_widgets.html').read_text()
+    assert 'widgets.html' in index and 'links.html' in index and 'largest: <b>9</b>' in index
+    links = (site / 'links.html').read_text()
+    assert 'src="data:image/png' in links, "the plot is missing: figures not shown inline"
+    page = (site / 'widgets.html').read_text()
     assert 'application/vnd.jupyter.widget-state+json' in page, "the widgets' saved state is missing from the page"
     if (site / '_static' / 'html-manager' / 'embed.js').exists():  # bundled: no page loads a script from the network
         assert "var widgetRendererSrc = '_static/html-manager/embed.js'" in page
         assert re.findall(r'src="(https?:[^"]*)"', page) == [], "a page loads a script or image from the network"
+
+
+def test_pages_show_what_quarto_shows(site):
+    "nbdev's processing ran: API entries present, directives and papermill's parameters cell gone, bars as text."
+    links, widgets = (site / 'links.html').read_text(), (site / 'widgets.html').read_text()
+    assert 'id="largest"' in links and 'The largest of' in links, "the exported function has no API entry"
+    for name, page in (('links', links), ('widgets', widgets)):
+        assert '# Parameters' not in page and 'injected-parameters' not in page, f"{name}: papermill's cell is shown"
+        assert not re.search(r'#\|\s*(export|default_exp|hide|echo)', page), f"{name}: a directive is shown"
+        assert 'vtd-sidebar' in page and '_static/search-docs.js' in page
+    assert 'counting: 100%|██████████| 5/5' in widgets, "the finished progress bar is not shown as its final text"
+    assert 'smoke mode' in widgets
 
 
 # --- In the browser ------------------------------------------------------------------------------------------
@@ -154,10 +174,10 @@ def test_every_page_of_the_site_works_offline(site, serve, page, shots):
         pytest.skip("the widget manager could not be bundled (no npm, or npm could not reach its registry): "
                     "the site's widgets would need the CDN, which this offline check cannot load")
     pages, problems = check_site(page, serve(site), shots=shots)
-    assert pages == ['01_widgets.html', '02_links.html', 'index.html'], pages
+    assert pages == PAGES, pages
     assert not problems, '\n'.join(problems)
     # The live widget shows the figure saved when the notebook ran.
-    page.goto(serve(site) + '01_widgets.html', wait_until='networkidle')
+    page.goto(serve(site) + 'widgets.html', wait_until='networkidle')
     figure = page.locator('.widget-output img').first
     figure.wait_for(timeout=20_000)
     assert page.evaluate('i => i.naturalWidth', figure.element_handle()) > 50
@@ -170,7 +190,7 @@ def test_site_check_catches_each_kind_of_fault(site, serve, page, tmp_path):
     import shutil
     bad = tmp_path / 'bad'; shutil.copytree(site, bad)
     (bad / 'index.html').write_text((bad / 'index.html').read_text().replace(
-        '</main>', '<a href="missing.html">gone</a> <a href="02_links.html#no-such-anchor">anchor</a>'
+        '</main>', '<a href="missing.html">gone</a> <a href="links.html#no-such-anchor">anchor</a>'
                    '<img src="missing.png"><script>console.error("deliberate")</script></main>'))
     (bad / '_static' / 'html-manager' / 'embed.js').unlink(missing_ok=True)  # widgets can no longer render
     pages, problems = check_site(page, serve(bad))
@@ -178,3 +198,24 @@ def test_site_check_catches_each_kind_of_fault(site, serve, page, tmp_path):
     for expected in ('missing.html: HTTP 404', 'missing anchor', 'image did not load', 'console error: deliberate',
                      'widget area 0 is empty', 'embed.js'):
         assert expected in text, f"{expected!r} not reported; problems were:\n{text}"
+
+
+@pytest.mark.browser
+def test_every_page_reaches_every_other_and_search_finds_the_one_page(site, serve, page):
+    base = serve(site)
+    for name in PAGES:
+        page.goto(base + name, wait_until='domcontentloaded')
+        nav = set(page.evaluate("() => Array.from(document.querySelectorAll('nav.vtd-sidebar a')).map(a => a.getAttribute('href'))"))
+        assert nav >= set(PAGES), f"{name}: the sidebar misses {sorted(set(PAGES) - nav)}"
+    def search(word):
+        page.fill('#vtd-search', word)
+        page.wait_for_selector('#vtd-search-results li', timeout=10_000)
+        return sorted(page.evaluate("() => Array.from(document.querySelectorAll('#vtd-search-results li[data-page]')).map(l => l.dataset.page)"))
+    page.goto(base + 'widgets.html', wait_until='networkidle')
+    assert page.evaluate('() => !!window.lunr') == (site / '_static' / 'lunr.min.js').exists()
+    assert search('quokka') == ['links.html'], "a word on one page only must find that page only"
+    assert search('wombat') == ['links.html', 'widgets.html']
+    assert search('zzyzxq') == [] and page.locator('#vtd-search-results li.none').count() == 1
+    page.fill('#vtd-search', 'quokka'); page.wait_for_selector('#vtd-search-results li[data-page] a')
+    page.click('#vtd-search-results li[data-page] a')
+    page.wait_for_url(re.compile(r'links\.html'))

@@ -20,10 +20,10 @@ from .core import Config, cached, progress as _bar
 
 # %% auto 0
 __all__ = ['CLIP_DEFAULT', 'cells_to_patterns', 'patterns_to_cells', 'flip_cells', 'show_patterns', 'pattern_uniqueness',
-           'min_hamming_distance', 'space_utilisation', 'prediction_entropy', 'detect_mode_collapse', 'PatternCodec',
-           'random_distinct_patterns', 'nearest_pattern_log_probs', 'DeterministicPatterns', 'PatternDecoder',
-           'gumbel_temperature', 'LearnedPatterns', 'GroundedPatterns', 'PatternFitConfig', 'fit_patterns',
-           'minilm_model_dir', 'text_features', 'cached_text_features']
+           'min_hamming_distance', 'space_utilisation', 'PatternCodec', 'random_distinct_patterns',
+           'nearest_pattern_log_probs', 'DeterministicPatterns', 'PatternDecoder', 'gumbel_temperature',
+           'LearnedPatterns', 'GroundedPatterns', 'PatternFitConfig', 'fit_patterns', 'minilm_model_dir',
+           'text_features', 'cached_text_features', 'prediction_entropy', 'detect_mode_collapse']
 
 # %% ../nbs/07_visual_tokens.ipynb
 def _check_grid(grid, colors):
@@ -107,23 +107,6 @@ def space_utilisation(cell_table: torch.Tensor, colors: int = 3) -> dict:
     cell_entropy = -(p * p.clamp_min(1e-12).log2()).sum(-1).mean().item()
     return {'occupied_fraction': n_unique / float(colors) ** K, 'cell_entropy_bits': cell_entropy,
             'max_cell_entropy_bits': math.log2(colors), 'min_hamming_distance': min_hamming_distance(cell_table) if V > 1 else K}
-
-def prediction_entropy(log_probs: torch.Tensor) -> dict:
-    """Entropies in bits: `mean_entropy_bits` of each predictive distribution (the decoder's uncertainty) and
-    `label_entropy_bits` of the histogram of its argmax answers (low = it says the same few words)."""
-    p = log_probs.exp()
-    mean_h = -(p * log_probs).sum(-1).mean().item() / math.log(2)
-    q = torch.bincount(log_probs.argmax(-1), minlength=log_probs.shape[-1]).float() / len(log_probs)
-    label_h = -(q[q > 0] * q[q > 0].log2()).sum().item()
-    return {'mean_entropy_bits': mean_h, 'label_entropy_bits': label_h, 'max_bits': math.log2(log_probs.shape[-1])}
-
-def detect_mode_collapse(predictions: torch.Tensor, threshold: float = 0.5) -> dict:
-    "Mode collapse: one token takes more than `threshold` of all predictions. The verdict and its evidence."
-    predictions = torch.as_tensor(predictions).flatten()
-    if predictions.numel() == 0: raise ValueError("no predictions to inspect")
-    tok, n = Counter(predictions.tolist()).most_common(1)[0]
-    return {'collapsed': n / len(predictions) > threshold, 'dominant_token': tok, 'dominant_share': n / len(predictions),
-            'n_distinct_predictions': len(set(predictions.tolist()))}
 
 # %% ../nbs/07_visual_tokens.ipynb
 class PatternCodec(nn.Module):
@@ -451,6 +434,7 @@ def _load_minilm(model):
         _TEXT_MODELS[path] = SentenceTransformer(path, device='cpu')
     return _TEXT_MODELS[path]
 
+# %% ../nbs/07_visual_tokens.ipynb
 def _load_clip(model):
     "A CLIP text model and tokenizer from a hub name or a local folder (or a ready `(model, tokenizer)` pair)."
     if isinstance(model, tuple): return model
@@ -464,6 +448,7 @@ def _load_clip(model):
         _TEXT_MODELS[name] = (net, tok)
     return _TEXT_MODELS[name]
 
+# %% ../nbs/07_visual_tokens.ipynb
 @torch.no_grad()
 def text_features(words: list[str], backend: str = 'minilm', model=None, batch_size: int = 256,
                   normalize: bool = True) -> torch.Tensor:
@@ -483,6 +468,7 @@ def text_features(words: list[str], backend: str = 'minilm', model=None, batch_s
     else: raise ValueError(f"backend must be 'minilm' or 'clip', got {backend!r}")
     return F.normalize(feats, dim=-1) if normalize else feats
 
+# %% ../nbs/07_visual_tokens.ipynb
 def cached_text_features(words: list[str], backend: str = 'minilm', model=None, cache_dir=None, verbose: bool = False) -> torch.Tensor:
     "`text_features`, kept by `vtd.core.cached` (under `$VTD_CACHE/text_features`) and keyed by backend, model name and the words."
     words = list(words)
@@ -490,3 +476,21 @@ def cached_text_features(words: list[str], backend: str = 'minilm', model=None, 
     settings = {'backend': backend, 'model': None if model is None else str(model)}
     return cached('text_features', settings, lambda: {'features': text_features(words, backend, model)},
                   data=words, cache_dir=cache_dir, verbose=verbose)['features']
+
+# %% ../nbs/07_visual_tokens.ipynb
+def prediction_entropy(log_probs: torch.Tensor) -> dict:
+    """Entropies in bits: `mean_entropy_bits` of each predictive distribution (the decoder's uncertainty) and
+    `label_entropy_bits` of the histogram of its argmax answers (low = it says the same few words)."""
+    p = log_probs.exp()
+    mean_h = -(p * log_probs).sum(-1).mean().item() / math.log(2)
+    q = torch.bincount(log_probs.argmax(-1), minlength=log_probs.shape[-1]).float() / len(log_probs)
+    label_h = -(q[q > 0] * q[q > 0].log2()).sum().item()
+    return {'mean_entropy_bits': mean_h, 'label_entropy_bits': label_h, 'max_bits': math.log2(log_probs.shape[-1])}
+
+def detect_mode_collapse(predictions: torch.Tensor, threshold: float = 0.5) -> dict:
+    "Mode collapse: one token takes more than `threshold` of all predictions. The verdict and its evidence."
+    predictions = torch.as_tensor(predictions).flatten()
+    if predictions.numel() == 0: raise ValueError("no predictions to inspect")
+    tok, n = Counter(predictions.tolist()).most_common(1)[0]
+    return {'collapsed': n / len(predictions) > threshold, 'dominant_token': tok, 'dominant_share': n / len(predictions),
+            'n_distinct_predictions': len(set(predictions.tolist()))}

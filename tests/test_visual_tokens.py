@@ -3,11 +3,14 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from vtd.visual_tokens import (DeterministicPatterns, GroundedPatterns, LearnedPatterns, cached_text_features,
-                               cells_to_patterns, detect_mode_collapse, fit_patterns, flip_cells,
-                               pattern_uniqueness, prediction_entropy, random_distinct_patterns,
+from vtd.visual_tokens import (DeterministicPatterns, GroundedPatterns, LearnedPatterns, PatternDecoder, PatternFitConfig,
+                               cached_text_features, cells_to_patterns, detect_mode_collapse, fit_patterns, flip_cells,
+                               nearest_pattern_log_probs, pattern_uniqueness, prediction_entropy, random_distinct_patterns,
                                space_utilisation, text_features)
+
+META = torch.device('meta')
 
 
 def check_interface(codec, V, G=5, C=3):
@@ -134,3 +137,53 @@ def test_clip_backend_save_pretrained_round_trip(tmp_path):
     assert not torch.allclose(f[0], f[1]), "different words, different features"
     with pytest.raises(OSError, match='cannot load a CLIP text model'):
         text_features(['cat'], backend='clip', model=str(tmp_path / 'missing'))
+
+
+def test_fit_config_budget_and_keyword_changes():
+    small, big = PatternFitConfig.for_vocab(192), PatternFitConfig.for_vocab(10000)
+    assert (small.steps, small.decoder_steps, small.batch_size, small.lr, small.eval_every) == (400, 1100, 256, 1e-2, 25)
+    assert (big.batch_size, big.eval_every) == (1024, 100)
+    codec = LearnedPatterns(300, seed=0)              # too many tokens for 10 steps: the joint phase runs to its end
+    h = fit_patterns(codec, PatternFitConfig(steps=50, decoder_steps=0, batch_size=32, eval_every=10), progress=False, steps=10)
+    assert max(s for s, ph in zip(h['step'], h['phase']) if ph == 'joint') == 10, "a keyword replaces one field of cfg"
+    with pytest.raises(ValueError, match='steps must be >= 1'): fit_patterns(codec, steps=0, progress=False)
+
+
+def test_cached_text_features_goes_through_core_cache(tmp_path):
+    feats = cached_text_features(['king', 'queen'], cache_dir=tmp_path)
+    files = list((tmp_path / 'text_features').iterdir())
+    assert len(files) == 1
+    files[0].write_bytes(b'not a checkpoint')          # a damaged file is recomputed, not trusted
+    assert torch.allclose(cached_text_features(['king', 'queen'], cache_dir=tmp_path), feats, atol=1e-5)
+    cached_text_features(['king', 'apple'], cache_dir=tmp_path)
+    assert len(list((tmp_path / 'text_features').iterdir())) == 2, "other words, another entry"
+
+
+@pytest.mark.parametrize('mode', ['gumbel', 'continuous'])
+def test_trainable_codecs_on_the_meta_device(mode):
+    "Forward pass, loss, encode, decode built and run on `meta`: any tensor made on the CPU inside them fails loudly."
+    with META:
+        codecs = [LearnedPatterns(12, mode=mode, decoder_hidden=16), GroundedPatterns(torch.randn(12, 16), mode=mode)]
+    ids = torch.randint(0, 12, (6,), device=META)
+    for codec in codecs:
+        log_probs = codec(ids, tau=0.7)
+        assert log_probs.is_meta and log_probs.shape == (6, 12)
+        loss = F.nll_loss(log_probs, ids)
+        assert loss.is_meta and loss.shape == ()
+        pats = codec.encode(ids)
+        assert pats.is_meta and pats.shape == (6, 5, 5, 3)
+        assert codec.decode(pats).is_meta and codec.predict(torch.zeros(6, 25, dtype=torch.long, device=META)).is_meta
+        assert codec.cell_table().is_meta
+    assert codecs[1].patterns_for_features(torch.randn(3, 16, device=META)).shape == (3, 5, 5, 3)
+
+
+def test_fixed_codec_and_helpers_on_the_meta_device():
+    det = DeterministicPatterns(12).to(META)          # its table is drawn on the CPU (seeded, duplicates redrawn), then moved
+    ids = torch.arange(12, device=META)
+    assert det.encode(ids).is_meta and det.decode(det.encode(ids)).shape == (12, 12)
+    with META: dec = PatternDecoder(12, hidden=16)
+    assert dec(torch.zeros(4, 5, 5, 3, device=META)).shape == (4, 12)
+    cells = torch.zeros(4, 25, dtype=torch.long, device=META)
+    assert flip_cells(cells, 3).is_meta and cells_to_patterns(cells).is_meta
+    table = F.one_hot(torch.zeros(12, 25, dtype=torch.long, device=META), 3).float()
+    assert nearest_pattern_log_probs(torch.zeros(2, 5, 5, 3, device=META), table).shape == (2, 12)

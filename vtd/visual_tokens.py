@@ -5,23 +5,25 @@
 # %% ../nbs/07_visual_tokens.ipynb 3
 from __future__ import annotations
 
-import hashlib, math, os, time
+import math, os, time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
-from .core import cache_root
+from .core import Config, cached, progress as _bar
 
 # %% auto 0
 __all__ = ['CLIP_DEFAULT', 'cells_to_patterns', 'patterns_to_cells', 'flip_cells', 'show_patterns', 'pattern_uniqueness',
-           'min_hamming_distance', 'space_utilisation', 'prediction_entropy', 'detect_mode_collapse', 'PatternCodec',
-           'random_distinct_patterns', 'nearest_pattern_log_probs', 'DeterministicPatterns', 'PatternDecoder',
-           'gumbel_temperature', 'LearnedPatterns', 'GroundedPatterns', 'fit_patterns', 'minilm_model_dir',
-           'text_features', 'cached_text_features']
+           'min_hamming_distance', 'space_utilisation', 'PatternCodec', 'random_distinct_patterns',
+           'nearest_pattern_log_probs', 'DeterministicPatterns', 'PatternDecoder', 'gumbel_temperature',
+           'LearnedPatterns', 'GroundedPatterns', 'PatternFitConfig', 'fit_patterns', 'minilm_model_dir',
+           'text_features', 'cached_text_features', 'prediction_entropy', 'detect_mode_collapse']
 
 # %% ../nbs/07_visual_tokens.ipynb
 def _check_grid(grid, colors):
@@ -35,7 +37,7 @@ def cells_to_patterns(cells: torch.Tensor, grid: int = 5, colors: int = 3) -> to
     if cells.dim() == 2 and cells.shape[1] == grid * grid: cells = cells.reshape(-1, grid, grid)
     if cells.dim() != 3 or tuple(cells.shape[1:]) != (grid, grid):
         raise ValueError(f"cells must have shape [N, {grid*grid}] or [N, {grid}, {grid}], got {tuple(cells.shape)}")
-    if cells.numel() and (cells.min() < 0 or cells.max() >= colors):
+    if cells.numel() and not cells.is_meta and (cells.min() < 0 or cells.max() >= colors):
         raise ValueError(f"colour ids must lie in [0, {colors}), got values in [{cells.min().item()}, {cells.max().item()}]")
     return F.one_hot(cells.long(), colors).float()
 
@@ -50,8 +52,9 @@ def flip_cells(cells: torch.Tensor, n_flip: int, colors: int = 3, generator: tor
     if not 0 <= n_flip <= K: raise ValueError(f"n_flip must be in [0, {K}], got {n_flip}")
     out = cells.clone()
     if n_flip == 0: return out
-    pos = torch.rand(N, K, generator=generator).argsort(1)[:, :n_flip]      # distinct cells in each row
-    shift = torch.randint(1, colors, (N, n_flip), generator=generator)       # never the same colour again
+    draw = generator.device if generator is not None else cells.device      # random draws where the generator lives
+    pos = torch.rand(N, K, generator=generator, device=draw).argsort(1)[:, :n_flip].to(cells.device)   # distinct cells
+    shift = torch.randint(1, colors, (N, n_flip), generator=generator, device=draw).to(cells.device)   # never the same colour
     out.scatter_(1, pos, (out.gather(1, pos) + shift) % colors)
     return out
 
@@ -90,7 +93,7 @@ def min_hamming_distance(cell_table: torch.Tensor, chunk: int = 2048) -> int:
     best = K
     for i in range(0, V, chunk):
         same = onehot[i:i+chunk] @ onehot.T                                   # matching cells for every pair
-        rows = torch.arange(min(chunk, V - i))
+        rows = torch.arange(min(chunk, V - i), device=onehot.device)
         same[rows, rows + i] = -1                                             # not a pattern with itself
         best = min(best, K - int(same.max()))
     return best
@@ -104,23 +107,6 @@ def space_utilisation(cell_table: torch.Tensor, colors: int = 3) -> dict:
     cell_entropy = -(p * p.clamp_min(1e-12).log2()).sum(-1).mean().item()
     return {'occupied_fraction': n_unique / float(colors) ** K, 'cell_entropy_bits': cell_entropy,
             'max_cell_entropy_bits': math.log2(colors), 'min_hamming_distance': min_hamming_distance(cell_table) if V > 1 else K}
-
-def prediction_entropy(log_probs: torch.Tensor) -> dict:
-    """Entropies in bits: `mean_entropy_bits` of each predictive distribution (the decoder's uncertainty) and
-    `label_entropy_bits` of the histogram of its argmax answers (low = it says the same few words)."""
-    p = log_probs.exp()
-    mean_h = -(p * log_probs).sum(-1).mean().item() / math.log(2)
-    q = torch.bincount(log_probs.argmax(-1), minlength=log_probs.shape[-1]).float() / len(log_probs)
-    label_h = -(q[q > 0] * q[q > 0].log2()).sum().item()
-    return {'mean_entropy_bits': mean_h, 'label_entropy_bits': label_h, 'max_bits': math.log2(log_probs.shape[-1])}
-
-def detect_mode_collapse(predictions: torch.Tensor, threshold: float = 0.5) -> dict:
-    "Mode collapse: one token takes more than `threshold` of all predictions. The verdict and its evidence."
-    predictions = torch.as_tensor(predictions).flatten()
-    if predictions.numel() == 0: raise ValueError("no predictions to inspect")
-    tok, n = Counter(predictions.tolist()).most_common(1)[0]
-    return {'collapsed': n / len(predictions) > threshold, 'dominant_token': tok, 'dominant_share': n / len(predictions),
-            'n_distinct_predictions': len(set(predictions.tolist()))}
 
 # %% ../nbs/07_visual_tokens.ipynb
 class PatternCodec(nn.Module):
@@ -137,61 +123,68 @@ class PatternCodec(nn.Module):
             raise ValueError(f"{vocab_size} tokens cannot all have distinct patterns: a {grid}x{grid} grid in {colors} colours has {colors**(grid*grid)}")
         self.vocab_size, self.grid, self.colors = int(vocab_size), grid, colors
 
-    def check_ids(self, token_ids) -> torch.Tensor:
-        "Token ids as a LongTensor `[N]`; an id outside `[0, vocab_size)` is an IndexError naming it."
-        ids = torch.as_tensor(token_ids)
-        if ids.is_floating_point() or ids.dtype == torch.bool: raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
-        ids = ids.long().reshape(1) if ids.dim() == 0 else ids.long()
-        if ids.dim() != 1: raise ValueError(f"token ids must be a 1-d tensor [N], got shape {tuple(ids.shape)}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            bad = ids[(ids < 0) | (ids >= self.vocab_size)][:5].tolist()
-            raise IndexError(f"token ids outside the vocabulary [0, {self.vocab_size}): {bad}")
-        return ids
-
-    def check_patterns(self, patterns) -> torch.Tensor:
-        "Float patterns `[N, G, G, C]` (one-hot or soft), or integer colour ids `[N, G, G]` / `[N, G*G]`, as floats."
-        x = torch.as_tensor(patterns)
-        G, C = self.grid, self.colors
-        if not x.is_floating_point(): return cells_to_patterns(x, G, C)
-        if x.dim() != 4: raise ValueError(f"patterns must be [N, {G}, {G}, {C}] floats (or integer colour ids [N, {G}, {G}]), got shape {tuple(x.shape)}")
-        if tuple(x.shape[1:3]) != (G, G): raise ValueError(f"patterns have a {x.shape[1]}x{x.shape[2]} grid, this codec uses {G}x{G}")
-        if x.shape[3] != C: raise ValueError(f"patterns have {x.shape[3]} colours, this codec uses {C}")
-        if not torch.isfinite(x).all(): raise ValueError("patterns contain NaN or infinite values")
-        return x
-
     def _device(self):
         for t in list(self.parameters()) + list(self.buffers()): return t.device
         return torch.device('cpu')
 
     def encode(self, token_ids) -> torch.Tensor:
-        ids = self.check_ids(token_ids)
-        return cells_to_patterns(self.cell_table()[ids.to(self._device())], self.grid, self.colors)
+        ids = self.check_ids(token_ids).to(self._device())
+        return cells_to_patterns(self.cell_table()[ids], self.grid, self.colors)
 
     def predict(self, patterns) -> torch.Tensor:
         "The most likely token id of each pattern."
         return self.decode(patterns).argmax(-1)
 
-    @torch.no_grad()
-    def accuracy(self, token_ids=None, n_flip: int = 0, generator=None) -> float:
-        "Reconstruction accuracy of decode(encode(ids)) over `token_ids` (default: the whole vocabulary), after flipping `n_flip` cells."
-        ids = torch.arange(self.vocab_size) if token_ids is None else self.check_ids(token_ids)
-        cells = self.cell_table().cpu()[ids]
-        if n_flip: cells = flip_cells(cells, n_flip, self.colors, generator)
-        correct = sum((self.predict(cells[i:i+4096]).cpu() == ids[i:i+4096]).sum().item() for i in range(0, len(ids), 4096))
-        return correct / max(len(ids), 1)
+# %% ../nbs/07_visual_tokens.ipynb
+@patch
+def check_ids(self: PatternCodec, token_ids) -> torch.Tensor:
+    "Token ids as a LongTensor `[N]`; an id outside `[0, vocab_size)` is an IndexError naming it."
+    ids = torch.as_tensor(token_ids)
+    if ids.is_floating_point() or ids.dtype == torch.bool: raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+    ids = ids.long().reshape(1) if ids.dim() == 0 else ids.long()
+    if ids.dim() != 1: raise ValueError(f"token ids must be a 1-d tensor [N], got shape {tuple(ids.shape)}")
+    if ids.numel() and not ids.is_meta and (ids.min() < 0 or ids.max() >= self.vocab_size):
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)][:5].tolist()
+        raise IndexError(f"token ids outside the vocabulary [0, {self.vocab_size}): {bad}")
+    return ids
+
+@patch
+def check_patterns(self: PatternCodec, patterns) -> torch.Tensor:
+    "Float patterns `[N, G, G, C]` (one-hot or soft), or integer colour ids `[N, G, G]` / `[N, G*G]`, as floats."
+    x = torch.as_tensor(patterns)
+    G, C = self.grid, self.colors
+    if not x.is_floating_point(): return cells_to_patterns(x, G, C)
+    if x.dim() != 4: raise ValueError(f"patterns must be [N, {G}, {G}, {C}] floats (or integer colour ids [N, {G}, {G}]), got shape {tuple(x.shape)}")
+    if tuple(x.shape[1:3]) != (G, G): raise ValueError(f"patterns have a {x.shape[1]}x{x.shape[2]} grid, this codec uses {G}x{G}")
+    if x.shape[3] != C: raise ValueError(f"patterns have {x.shape[3]} colours, this codec uses {C}")
+    if not x.is_meta and not torch.isfinite(x).all(): raise ValueError("patterns contain NaN or infinite values")
+    return x
+
+# %% ../nbs/07_visual_tokens.ipynb
+@patch
+@torch.no_grad()
+def accuracy(self: PatternCodec, token_ids=None, n_flip: int = 0, generator=None) -> float:
+    "Reconstruction accuracy of decode(encode(ids)) over `token_ids` (default: the whole vocabulary), after flipping `n_flip` cells."
+    dev = self._device()
+    ids = torch.arange(self.vocab_size, device=dev) if token_ids is None else self.check_ids(token_ids).to(dev)
+    cells = self.cell_table()[ids]
+    if n_flip: cells = flip_cells(cells, n_flip, self.colors, generator)
+    correct = sum((self.predict(cells[i:i+4096]) == ids[i:i+4096]).sum().item() for i in range(0, len(ids), 4096))
+    return correct / max(len(ids), 1)
 
 # %% ../nbs/07_visual_tokens.ipynb
 def random_distinct_patterns(n: int, cells: int, colors: int, seed: int = 0) -> torch.Tensor:
     "`n` distinct uniformly random colour-id rows `[n, cells]` (duplicates are redrawn; seeded)."
     if n > colors ** cells: raise ValueError(f"only {colors**cells} distinct patterns of {cells} cells in {colors} colours, asked for {n}")
-    g = torch.Generator().manual_seed(seed)
-    table = torch.randint(0, colors, (n, cells), generator=g)
+    g, cpu = torch.Generator().manual_seed(seed), torch.device('cpu')         # drawn on the CPU (seeded); the codec moves it
+    table = torch.randint(0, colors, (n, cells), generator=g, device=cpu)
+    order = torch.arange(n, device=cpu)
     while True:
         _, inv = torch.unique(table, dim=0, return_inverse=True)
-        first = torch.full((int(inv.max()) + 1,), n, dtype=torch.long).scatter_reduce(0, inv, torch.arange(n), 'amin')
-        dup = first[inv] != torch.arange(n)                                   # every later copy of a pattern
+        first = torch.full((int(inv.max()) + 1,), n, dtype=torch.long, device=cpu).scatter_reduce(0, inv, order, 'amin')
+        dup = first[inv] != order                                             # every later copy of a pattern
         if not dup.any(): return table
-        table[dup] = torch.randint(0, colors, (int(dup.sum()), cells), generator=g)
+        table[dup] = torch.randint(0, colors, (int(dup.sum()), cells), generator=g, device=cpu)
 
 def nearest_pattern_log_probs(patterns: torch.Tensor, table_onehot: torch.Tensor, flip_prob: float = 0.1) -> torch.Tensor:
     "Token log-probs `[N, V]` from (expected) matching cells with each token's pattern: softmax of `beta * matches`."
@@ -263,29 +256,32 @@ class _TrainablePatterns(PatternCodec):
     def decode(self, patterns) -> torch.Tensor:
         return F.log_softmax(self.decoder(self.check_patterns(patterns).to(self._device())), -1)
 
-    @torch.no_grad()
-    def freeze(self, resolve: bool = True) -> dict:
-        "Fix every token's hard pattern into a table; with `resolve`, move colliding tokens to the nearest free pattern. Returns the collision report."
-        self.frozen = torch.zeros(0, self.grid * self.grid, dtype=torch.long, device=self._device())
-        logits = self.all_cell_logits().flatten(1, 2)
-        table = logits.argmax(-1)
-        before = pattern_uniqueness(table)
-        moved = []
-        if resolve and before['collisions']:
-            taken = set(map(tuple, table.tolist()))
-            for group in before['collisions']:
-                for tok in group[1:]:                                         # the first keeps its pattern
-                    table[tok] = _nearest_free_pattern(logits[tok], table[tok], taken, self.colors)
-                    taken.add(tuple(table[tok].tolist())); moved.append(tok)
-        self.frozen = table
-        return {'collisions_before': len(before['collisions']), 'colliding_tokens_before': before['n_colliding_tokens'],
-                'tokens_moved': moved, 'unique_fraction_after': pattern_uniqueness(table)['unique_fraction']}
-
-    def unfreeze(self): self.frozen = torch.zeros(0, self.grid * self.grid, dtype=torch.long, device=self._device())
-
     def fit(self, **kwargs) -> dict:
         "Train over the vocabulary with `fit_patterns(self, **kwargs)`; returns its history."
         return fit_patterns(self, **kwargs)
+
+# %% ../nbs/07_visual_tokens.ipynb
+@patch
+@torch.no_grad()
+def freeze(self: _TrainablePatterns, resolve: bool = True) -> dict:
+    "Fix every token's hard pattern into a table; with `resolve`, move colliding tokens to the nearest free pattern. Returns the collision report."
+    self.frozen = torch.zeros(0, self.grid * self.grid, dtype=torch.long, device=self._device())
+    logits = self.all_cell_logits().flatten(1, 2)
+    table = logits.argmax(-1)
+    before = pattern_uniqueness(table)
+    moved = []
+    if resolve and before['collisions']:
+        taken = set(map(tuple, table.tolist()))
+        for group in before['collisions']:
+            for tok in group[1:]:                                         # the first keeps its pattern
+                table[tok] = _nearest_free_pattern(logits[tok], table[tok], taken, self.colors)
+                taken.add(tuple(table[tok].tolist())); moved.append(tok)
+    self.frozen = table
+    return {'collisions_before': len(before['collisions']), 'colliding_tokens_before': before['n_colliding_tokens'],
+            'tokens_moved': moved, 'unique_fraction_after': pattern_uniqueness(table)['unique_fraction']}
+
+@patch
+def unfreeze(self: _TrainablePatterns): self.frozen = torch.zeros(0, self.grid * self.grid, dtype=torch.long, device=self._device())
 
 def _nearest_free_pattern(logits: torch.Tensor, cells: torch.Tensor, taken: set, colors: int) -> torch.Tensor:
     "The free pattern reached by the cheapest change (smallest logit loss): one changed cell, else two."
@@ -325,7 +321,7 @@ class GroundedPatterns(_TrainablePatterns):
         features = torch.as_tensor(features).float()
         if features.dim() != 2: raise ValueError(f"features must be [V, F], got shape {tuple(features.shape)}")
         if len(features) == 0: raise ValueError("the vocabulary is empty (features has 0 rows)")
-        if not torch.isfinite(features).all(): raise ValueError("features contain NaN or infinite values")
+        if not features.is_meta and not torch.isfinite(features).all(): raise ValueError("features contain NaN or infinite values")
         super().__init__(len(features), grid, colors, mode, decoder_hidden)
         torch.manual_seed(seed)
         self.register_buffer('features', F.normalize(features, dim=-1))
@@ -347,22 +343,43 @@ class GroundedPatterns(_TrainablePatterns):
         return F.one_hot(logits.argmax(-1), self.colors).float()
 
 # %% ../nbs/07_visual_tokens.ipynb
-def fit_patterns(codec: _TrainablePatterns, steps: int = 1000, batch_size: int = 512, lr: float = 3e-3,
-                 tau: tuple = (2.0, 0.3), decoder_steps: int | None = None, eval_every: int = 50,
-                 token_weights: torch.Tensor | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """Train `codec` over its vocabulary; returns the history (`step`, `acc`, `phase`, `time`), `steps_to_100`
+@dataclass(frozen=True)
+class PatternFitConfig(Config):
+    "How `fit_patterns` trains a codec: at most `steps` joint steps, then at most `decoder_steps` (default steps // 2) on the frozen patterns."
+    steps: int = 1000
+    batch_size: int = 512
+    lr: float = 3e-3
+    tau: tuple = (2.0, 0.3)          # Gumbel-softmax temperature, annealed from tau[0] to tau[1]
+    decoder_steps: int | None = None
+    eval_every: int = 50
+
+    @classmethod
+    def for_vocab(cls, vocab_size: int):
+        "This lesson's budget, the same for every kind of codec: 400 joint steps, then at most 1,100 decoder-only steps."
+        big = vocab_size > 1000
+        return cls(steps=400, decoder_steps=1100, batch_size=1024 if big else 256, lr=1e-2, eval_every=100 if big else 25)
+
+# %% ../nbs/07_visual_tokens.ipynb
+def fit_patterns(codec: _TrainablePatterns, cfg: PatternFitConfig | None = None, token_weights: torch.Tensor | None = None,
+                 seed: int = 0, progress: bool = True, **changes) -> dict:
+    """Train `codec` over its vocabulary with the settings `cfg` (default `PatternFitConfig()`; keywords such as
+    `steps=` replace single fields). Returns the history (`step`, `acc`, `phase`, `time`), `steps_to_100`
     (None if never reached), `final_acc`, `seconds` (wall), `cpu_seconds` and the `freeze` collision report."""
-    from tqdm.auto import tqdm
+    cfg = (cfg or PatternFitConfig()).replace(**changes)
+    steps, batch_size, lr, tau, eval_every = cfg.steps, cfg.batch_size, cfg.lr, cfg.tau, cfg.eval_every
     if steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
-    g = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
+    dev = codec._device()
+    g = torch.Generator(device=dev).manual_seed(seed); torch.manual_seed(seed)   # token draws on the codec's device
     V = codec.vocab_size
-    decoder_steps = steps // 2 if decoder_steps is None else decoder_steps
-    if token_weights is None: sample = lambda: torch.randint(0, V, (batch_size,), generator=g)
+    decoder_steps = steps // 2 if cfg.decoder_steps is None else cfg.decoder_steps
+    if token_weights is None:
+        def sample(): return torch.randint(0, V, (batch_size,), generator=g, device=dev)    # i.i.d. tokens, with replacement
     else:
         w = torch.as_tensor(token_weights, dtype=torch.float)
         if w.shape != (V,) or (w < 0).any() or w.sum() <= 0: raise ValueError(f"token_weights must be {V} non-negative numbers, not all zero")
-        sample = lambda: torch.multinomial(w, batch_size, replacement=True, generator=g)
-    probe = torch.randperm(V, generator=g)[:2048]
+        w = w.to(dev)
+        def sample(): return torch.multinomial(w, batch_size, replacement=True, generator=g)  # tokens by frequency
+    probe = torch.randperm(V, generator=g, device=dev)[:2048]
     hist = {'step': [], 'acc': [], 'phase': [], 'time': [], 'steps_to_100': None}
     t0, c0 = time.perf_counter(), time.process_time()
     def log(step, phase):
@@ -373,7 +390,7 @@ def fit_patterns(codec: _TrainablePatterns, steps: int = 1000, batch_size: int =
         return acc
     codec.unfreeze(); codec.train()
     opt = torch.optim.Adam(codec.parameters(), lr=lr)
-    for step in tqdm(range(steps), desc=f'fit {type(codec).__name__} V={V}', disable=not progress, leave=False, mininterval=1.0):
+    for step in _bar(range(steps), desc=f'fit {type(codec).__name__} V={V}', disable=not progress):
         ids = sample()
         loss = F.nll_loss(codec(ids, gumbel_temperature(step, steps, *tau)), ids)
         if not torch.isfinite(loss): raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}")
@@ -384,8 +401,7 @@ def fit_patterns(codec: _TrainablePatterns, steps: int = 1000, batch_size: int =
     hist['freeze'] = codec.freeze(resolve=True)
     if hist['steps_to_100'] is None and log(done, 'frozen') == 1.0: hist['steps_to_100'] = done
     opt = torch.optim.Adam(codec.decoder.parameters(), lr=lr)
-    for s in tqdm(range(decoder_steps if hist['steps_to_100'] is None else 0), desc='decoder on frozen patterns',
-                  disable=not progress, leave=False, mininterval=1.0):
+    for s in _bar(range(decoder_steps if hist['steps_to_100'] is None else 0), desc='decoder on frozen patterns', disable=not progress):
         ids = sample()
         loss = F.cross_entropy(codec.decoder(cells_to_patterns(codec.frozen[ids], codec.grid, codec.colors)), ids)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
@@ -418,6 +434,7 @@ def _load_minilm(model):
         _TEXT_MODELS[path] = SentenceTransformer(path, device='cpu')
     return _TEXT_MODELS[path]
 
+# %% ../nbs/07_visual_tokens.ipynb
 def _load_clip(model):
     "A CLIP text model and tokenizer from a hub name or a local folder (or a ready `(model, tokenizer)` pair)."
     if isinstance(model, tuple): return model
@@ -431,6 +448,7 @@ def _load_clip(model):
         _TEXT_MODELS[name] = (net, tok)
     return _TEXT_MODELS[name]
 
+# %% ../nbs/07_visual_tokens.ipynb
 @torch.no_grad()
 def text_features(words: list[str], backend: str = 'minilm', model=None, batch_size: int = 256,
                   normalize: bool = True) -> torch.Tensor:
@@ -450,18 +468,29 @@ def text_features(words: list[str], backend: str = 'minilm', model=None, batch_s
     else: raise ValueError(f"backend must be 'minilm' or 'clip', got {backend!r}")
     return F.normalize(feats, dim=-1) if normalize else feats
 
-def cached_text_features(words: list[str], backend: str = 'minilm', model=None, cache_dir=None) -> torch.Tensor:
-    "`text_features`, cached under `$VTD_CACHE/text_features` (default ~/.cache/vtd) keyed by backend, model and words."
+# %% ../nbs/07_visual_tokens.ipynb
+def cached_text_features(words: list[str], backend: str = 'minilm', model=None, cache_dir=None, verbose: bool = False) -> torch.Tensor:
+    "`text_features`, kept by `vtd.core.cached` (under `$VTD_CACHE/text_features`) and keyed by backend, model name and the words."
     words = list(words)
-    key = hashlib.sha256('\n'.join([backend, str(model)] + words).encode()).hexdigest()[:16]
-    d = (Path(cache_dir) if cache_dir else cache_root()) / 'text_features'
-    p = d / f'{backend}-{len(words)}-{key}.pt'
-    if p.exists():
-        try:
-            feats = torch.load(p, weights_only=True)
-            if feats.shape[0] == len(words): return feats
-        except Exception: pass                                                 # a damaged cache file is recomputed
-    feats = text_features(words, backend, model)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f'.{p.name}.{os.getpid()}.tmp'; torch.save(feats, tmp); os.replace(tmp, p)
-    return feats
+    if model is not None and not isinstance(model, (str, Path)): return text_features(words, backend, model)   # a live model has no name to key by
+    settings = {'backend': backend, 'model': None if model is None else str(model)}
+    return cached('text_features', settings, lambda: {'features': text_features(words, backend, model)},
+                  data=words, cache_dir=cache_dir, verbose=verbose)['features']
+
+# %% ../nbs/07_visual_tokens.ipynb
+def prediction_entropy(log_probs: torch.Tensor) -> dict:
+    """Entropies in bits: `mean_entropy_bits` of each predictive distribution (the decoder's uncertainty) and
+    `label_entropy_bits` of the histogram of its argmax answers (low = it says the same few words)."""
+    p = log_probs.exp()
+    mean_h = -(p * log_probs).sum(-1).mean().item() / math.log(2)
+    q = torch.bincount(log_probs.argmax(-1), minlength=log_probs.shape[-1]).float() / len(log_probs)
+    label_h = -(q[q > 0] * q[q > 0].log2()).sum().item()
+    return {'mean_entropy_bits': mean_h, 'label_entropy_bits': label_h, 'max_bits': math.log2(log_probs.shape[-1])}
+
+def detect_mode_collapse(predictions: torch.Tensor, threshold: float = 0.5) -> dict:
+    "Mode collapse: one token takes more than `threshold` of all predictions. The verdict and its evidence."
+    predictions = torch.as_tensor(predictions).flatten()
+    if predictions.numel() == 0: raise ValueError("no predictions to inspect")
+    tok, n = Counter(predictions.tolist()).most_common(1)[0]
+    return {'collapsed': n / len(predictions) > threshold, 'dominant_token': tok, 'dominant_share': n / len(predictions),
+            'n_distinct_predictions': len(set(predictions.tolist()))}

@@ -50,6 +50,7 @@ def grid_latents(vae, images: torch.Tensor, batch_size: int = 512) -> torch.Tens
     vae.train(was_training)
     return torch.cat(out).contiguous()
 
+# %% ../nbs/05_geodesic.ipynb
 def latents_to_grid(latents: torch.Tensor) -> torch.Tensor:
     "`[N, G*G, D]` position vectors back to the decoder's `[N, D, G, G]` layout (contiguous)."
     if latents.ndim != 3: raise ValueError(f"latents must be [N, G*G, D], got {tuple(latents.shape)}")
@@ -86,6 +87,7 @@ class LatentSet:
     def to(self, device) -> 'LatentSet':
         return LatentSet(self.grids.to(device), self.image.to(device), self.position.to(device))
 
+# %% ../nbs/05_geodesic.ipynb
 def sample_latent_set(grids: torch.Tensor, n: int, seed: int = 0) -> LatentSet:
     "`n` distinct (image, position) pairs drawn at random from `grids [M, P, D]` (drawn on the CPU, so every device draws the same)."
     m, p, _ = grids.shape
@@ -190,6 +192,7 @@ def decoder_metric(vae, contexts, pos, z=None, method: str = 'fd', eps: float = 
         out.append((J @ J.transpose(1, 2)).float())
     return torch.cat(out) if out else torch.zeros(0, D, D, device=dev)
 
+# %% ../nbs/05_geodesic.ipynb
 def metric_lengths(metric_a: torch.Tensor, metric_b: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
     "First-order edge lengths: the mean of `sqrt(dz^T M dz)` under each endpoint's metric (symmetric in a, b)."
     la = torch.einsum('ed,edf,ef->e', dz, metric_a, dz).clamp_min(0).sqrt()
@@ -259,6 +262,7 @@ def _graph(vae, data: ImageData, data_key: str, cfg: GeodesicConfig, seed: int, 
     info = {k: s[k] for k in ('seconds', 'n_edges', 'largest_component')}
     return LatentSet(s['grids'], s['image'], s['position']).to(dev), W, info
 
+# %% ../nbs/05_geodesic.ipynb
 def get_geodesic_graph(vae, data: ImageData, cfg: GeodesicConfig, seed: int = 0, device=None,
                        verbose: bool = True) -> tuple[LatentSet, sp.csr_matrix, dict]:
     """The `LatentSet`, geodesic graph (SciPy CSR, CPU) and build info for `vae` on `data.x_train` with the settings

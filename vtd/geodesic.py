@@ -82,7 +82,7 @@ class LatentSet:
     def contexts(self) -> torch.Tensor: return self.grids[self.image]
     def __len__(self): return len(self.image)
     def subset(self, idx) -> 'LatentSet':
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.image.device)
+        idx = (idx.long() if torch.is_tensor(idx) else torch.as_tensor(np.asarray(idx), dtype=torch.long)).to(self.image.device)
         return LatentSet(self.grids, self.image[idx], self.position[idx])
     def to(self, device) -> 'LatentSet':
         return LatentSet(self.grids.to(device), self.image.to(device), self.position.to(device))
@@ -245,8 +245,9 @@ def build_geodesic_graph(vae, images: torch.Tensor, n_vectors: int, k_neighbors:
 # %% ../nbs/05_geodesic.ipynb
 def _on(vae, device):
     "`vae` itself if it is on `device` (None: where it is), else a copy there (the caller's model is never moved)."
-    dev = _device(vae) if device is None else get_device(device)
-    return (vae if _device(vae) == dev else copy.deepcopy(vae).to(dev)), dev
+    here = _device(vae); dev = here if device is None else get_device(device)
+    same = here.type == dev.type and (dev.index is None or here.index == dev.index)   # 'cuda' is where 'cuda:0' is
+    return (vae if same else copy.deepcopy(vae).to(dev)), (here if same else dev)
 
 def _graph(vae, data: ImageData, data_key: str, cfg: GeodesicConfig, seed: int, device, verbose: bool):
     "The graph for `get_geodesic_graph` and `get_codebook`; `data_key` is `fingerprint(data.x_train)`, hashed once by the caller."

@@ -50,6 +50,7 @@ def grid_latents(vae, images: torch.Tensor, batch_size: int = 512) -> torch.Tens
     vae.train(was_training)
     return torch.cat(out).contiguous()
 
+# %% ../nbs/05_geodesic.ipynb
 def latents_to_grid(latents: torch.Tensor) -> torch.Tensor:
     "`[N, G*G, D]` position vectors back to the decoder's `[N, D, G, G]` layout (contiguous)."
     if latents.ndim != 3: raise ValueError(f"latents must be [N, G*G, D], got {tuple(latents.shape)}")
@@ -81,11 +82,12 @@ class LatentSet:
     def contexts(self) -> torch.Tensor: return self.grids[self.image]
     def __len__(self): return len(self.image)
     def subset(self, idx) -> 'LatentSet':
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.image.device)
+        idx = (idx.long() if torch.is_tensor(idx) else torch.as_tensor(np.asarray(idx), dtype=torch.long)).to(self.image.device)
         return LatentSet(self.grids, self.image[idx], self.position[idx])
     def to(self, device) -> 'LatentSet':
         return LatentSet(self.grids.to(device), self.image.to(device), self.position.to(device))
 
+# %% ../nbs/05_geodesic.ipynb
 def sample_latent_set(grids: torch.Tensor, n: int, seed: int = 0) -> LatentSet:
     "`n` distinct (image, position) pairs drawn at random from `grids [M, P, D]` (drawn on the CPU, so every device draws the same)."
     m, p, _ = grids.shape
@@ -190,6 +192,7 @@ def decoder_metric(vae, contexts, pos, z=None, method: str = 'fd', eps: float = 
         out.append((J @ J.transpose(1, 2)).float())
     return torch.cat(out) if out else torch.zeros(0, D, D, device=dev)
 
+# %% ../nbs/05_geodesic.ipynb
 def metric_lengths(metric_a: torch.Tensor, metric_b: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
     "First-order edge lengths: the mean of `sqrt(dz^T M dz)` under each endpoint's metric (symmetric in a, b)."
     la = torch.einsum('ed,edf,ef->e', dz, metric_a, dz).clamp_min(0).sqrt()
@@ -242,8 +245,9 @@ def build_geodesic_graph(vae, images: torch.Tensor, n_vectors: int, k_neighbors:
 # %% ../nbs/05_geodesic.ipynb
 def _on(vae, device):
     "`vae` itself if it is on `device` (None: where it is), else a copy there (the caller's model is never moved)."
-    dev = _device(vae) if device is None else get_device(device)
-    return (vae if _device(vae) == dev else copy.deepcopy(vae).to(dev)), dev
+    here = _device(vae); dev = here if device is None else get_device(device)
+    same = here.type == dev.type and (dev.index is None or here.index == dev.index)   # 'cuda' is where 'cuda:0' is
+    return (vae if same else copy.deepcopy(vae).to(dev)), (here if same else dev)
 
 def _graph(vae, data: ImageData, data_key: str, cfg: GeodesicConfig, seed: int, device, verbose: bool):
     "The graph for `get_geodesic_graph` and `get_codebook`; `data_key` is `fingerprint(data.x_train)`, hashed once by the caller."
@@ -259,6 +263,7 @@ def _graph(vae, data: ImageData, data_key: str, cfg: GeodesicConfig, seed: int, 
     info = {k: s[k] for k in ('seconds', 'n_edges', 'largest_component')}
     return LatentSet(s['grids'], s['image'], s['position']).to(dev), W, info
 
+# %% ../nbs/05_geodesic.ipynb
 def get_geodesic_graph(vae, data: ImageData, cfg: GeodesicConfig, seed: int = 0, device=None,
                        verbose: bool = True) -> tuple[LatentSet, sp.csr_matrix, dict]:
     """The `LatentSet`, geodesic graph (SciPy CSR, CPU) and build info for `vae` on `data.x_train` with the settings

@@ -139,10 +139,6 @@ def test_sharded_objective_sums_to_the_global_batch(kw):
     for a, b, c in zip(ga, gb, g1): assert torch.allclose((a + b) / 2, c, atol=1e-6)
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=False,
-                   reason="upstream value checks call .min()/.max() on meta tensors (issue 20 asks them to skip meta): "
-                          "vtd.transformer.Transformer.forward, vtd.diffusion._ar_inputs, PatternDenoiser.__init__; "
-                          "vtd.lm itself creates no tensor on the CPU (checked with those three guarded)")
 @pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary')], ids=['diffusion', 'ar', 'patterns'])
 def test_forward_and_loss_on_the_meta_device(kw):
     "A tensor the model's loss or forward creates on the CPU fails loudly on meta."

@@ -187,3 +187,15 @@ def test_cached_retrains_exactly_when_its_key_changes(tmp_path, capsys):
     e = cached('table', _Cfg(), lambda: 1 / 0, cache_dir=tmp_path)  # loads: make() is never called
     assert torch.equal(d['codes'], e['codes']) and e['K'] == 3
     with pytest.raises(TypeError, match='pass build='): cached('nobuild', _Cfg(), lambda: nn.Linear(1, 1), cache_dir=tmp_path)
+    # a tensor (or module) and its fingerprint are the same key, as the docstring promises
+    x = torch.arange(4.)
+    f = cached('same', _Cfg(), lambda: {'v': x}, data=x, upstream=up, cache_dir=tmp_path)
+    g = cached('same', _Cfg(), lambda: 1 / 0, data=fingerprint(x), upstream=fingerprint(up), cache_dir=tmp_path)
+    assert torch.equal(f['v'], g['v'])
+
+
+def test_batches_leave_the_global_random_stream_alone():
+    "Training through batches must draw the same noise as the hand-written loop did."
+    torch.manual_seed(0); list(batches(torch.arange(8.), batch_size=3, generator=torch.Generator().manual_seed(1))); a = torch.rand(3)
+    torch.manual_seed(0); b = torch.rand(3)
+    assert torch.equal(a, b)

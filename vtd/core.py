@@ -86,8 +86,10 @@ def batches(*tensors: torch.Tensor, batch_size: int, shuffle: bool = True, gener
     ds = TensorDataset(*tensors)
     order = Permutations(len(ds), generator) if shuffle else SequentialSampler(ds)
     # the sampler yields whole index lists, so a batch is tensor[idx] (one gather), not batch_size lookups + a stack
+    # a throwaway generator for the seed DataLoader draws at every pass (for worker processes, unused here):
+    # from the global generator it would shift every later random draw of the training (noise, dropout)
     return DataLoader(ds, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
-                      collate_fn=_one_or_tuple)
+                      collate_fn=_one_or_tuple, generator=torch.Generator())
 
 def _one_or_tuple(b): return b[0] if len(b) == 1 else b
 
@@ -242,6 +244,7 @@ def cache_root() -> Path:
 def _feed(h, obj):
     "Feed `obj` to hash `h` by value: tensors and arrays by dtype, shape and bytes; modules by their state."
     if isinstance(obj, nn.Module): obj = obj.state_dict()
+    if hasattr(obj, 'fingerprint') and not isinstance(obj, type): obj = str(obj.fingerprint())  # an object that knows its own key
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type): obj = {'@': type(obj).__name__, **dataclasses.asdict(obj)}
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
@@ -256,7 +259,6 @@ def _feed(h, obj):
     elif isinstance(obj, (list, tuple)):
         h.update(b'['); [_feed(h, o) for o in obj]; h.update(b']')
     elif obj is None or isinstance(obj, (bool, int, float, str, np.generic)): h.update(repr(obj).encode())
-    elif hasattr(obj, 'fingerprint'): h.update(str(obj.fingerprint()).encode())
     else: raise TypeError(f"fingerprint: cannot hash a {type(obj).__name__} by value")
 
 def fingerprint(*objs) -> str:
@@ -289,7 +291,9 @@ def cached(kind: str, config, make: Callable[[], Any], build: Callable[[], nn.Mo
     dict of tensors and plain values. A file that cannot be loaded is reported and made again. The result is
     on `device` (default: where `make` left it, or the CPU when loaded)."""
     cfg = config.asdict() if hasattr(config, 'asdict') else dict(config)
-    key = fingerprint(kind, cfg, data, upstream)
+    fp = lambda x: x if x is None or isinstance(x, str) else fingerprint(x)  # a tensor and its fingerprint key alike
+    ups = upstream if isinstance(upstream, (list, tuple)) else [upstream]
+    key = fingerprint(kind, cfg, fp(data), [fp(u) for u in ups])
     path = Path(cache_dir or cache_root()) / kind / f"{key}.pt"
     say = print if verbose else (lambda *a, **k: None)
     if path.exists():

@@ -19,6 +19,7 @@ from fastcore.basics import patch
 from .core import Config, batches, cached, fingerprint, fit, get_device, psnr, seed_everything
 from .core import progress as progress_bar
 from .data import ImageData
+from .vq import nearest_code
 
 # %% auto 0
 __all__ = ['grid_latents', 'latents_to_grid', 'LatentSet', 'sample_latent_set', 'knn_graph', 'largest_component',
@@ -294,14 +295,10 @@ class KMedoidsResult:
     metric: str               # 'graph' or 'euclidean'
 
 def _nearest(X: torch.Tensor, C: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    "Squared Euclidean distance to, and index of, the nearest row of `C` for each row of `X` (chunked, float64 where the device has it)."
+    "Squared distance to, and index of, the nearest row of `C` for each row of `X`: `vtd.vq.nearest_code`, in float64 where the device has it."
     acc = torch.float32 if X.device.type == 'mps' else torch.float64
-    X, C = X.to(acc), C.to(acc); c2 = (C * C).sum(1); d2s, idx = [], []
-    for i in range(0, len(X), chunk):
-        x = X[i:i + chunk]
-        d2 = ((x * x).sum(1, keepdim=True) - 2 * x @ C.T + c2).clamp_min(0)
-        m, a = d2.min(1); d2s.append(m); idx.append(a)
-    return torch.cat(d2s), torch.cat(idx)
+    idx, d2 = nearest_code(X.to(acc), C.to(acc), chunk=chunk)
+    return d2.clamp_min(0), idx
 
 def _assign(X: np.ndarray, medoids: np.ndarray, graph) -> tuple[np.ndarray, np.ndarray]:
     "Each node's cell and distance to its medoid: one multi-source Dijkstra on `graph`, or Euclidean without one."

@@ -23,8 +23,12 @@ def corpus(tmp_path):
 
 
 def run(argv):
+    "`vtd ...` in this process, on one thread like the subprocesses below: float sums then add up in the same order."
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): code = main([str(a) for a in argv])
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): code = main([str(a) for a in argv])
+    finally: torch.set_num_threads(threads)
     return code, out.getvalue(), err.getvalue()
 
 

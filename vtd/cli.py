@@ -138,6 +138,10 @@ def main(argv=None) -> int:
         return 2
     finally:
         import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+        if dist.is_available() and dist.is_initialized():
+            # every rank waits here until rank 0 has written its files: a gloo rank that tears the group down
+            # while another still uses it can abort the process ('terminate called without an active exception')
+            try: dist.barrier()
+            finally: dist.destroy_process_group()
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

@@ -5,7 +5,7 @@
 # %% ../nbs/09a_cli.ipynb 6
 from __future__ import annotations
 
-import argparse, json, math, os, sys, warnings
+import argparse, sys
 from pathlib import Path
 
 import torch

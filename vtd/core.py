@@ -5,7 +5,7 @@
 # %% ../nbs/00_core.ipynb 3
 from __future__ import annotations
 
-import dataclasses, hashlib, json, math, os, random, re, sys, tempfile, time
+import dataclasses, hashlib, json, math, os, random, re, tempfile, time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 

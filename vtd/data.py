@@ -5,9 +5,9 @@
 # %% ../nbs/01_data.ipynb 3
 from __future__ import annotations
 
-import gzip, os, re, urllib.request, warnings
+import gzip, os, re, urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

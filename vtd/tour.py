@@ -101,6 +101,14 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
                      ('held-out bits/word, autoregressive', 'ar_bits', '.3f'),
                      ('held-out bits/word, masked diffusion (bound)', 'mdm_bits', '.3f'),
                      ('unigram-to-AR gap closed by diffusion', 'mdm_gap_share', '.0%')],
+    '09_lm': [('seed 004 generate: one-character words', 'seed_one_character_words', '.0%'),
+              ('held-out bits/word, unigram', 'bits_unigram', '.3f'),
+              ('held-out bits/word, autoregressive', 'bits_autoregressive', '.3f'),
+              ('held-out bits/word, masked diffusion (bound)', 'bits_diffusion', '.3f'),
+              ('unigram-to-AR gap closed by diffusion', 'diffusion_gap_share', '.0%'),
+              ('prompt kept exactly', 'prompt_kept_share', '.0%')],
+    '09a_cli': [('resumed run ends with the same weights', 'resume_identical', ''),
+                ('exit code, corpus shorter than one sequence', 'error_exit_shorter_than_one_sequence', 'd')],
     '90_tour': [('lessons found', 'lessons found', 'd')],
 }
 

@@ -33,3 +33,17 @@ def test_two_gloo_processes_equal_one(tmp_path, patterns='arbitrary'):
     p = best.encode_prompt('first citizen')
     r = best.sample('first citizen', length=8, steps=4, num_samples=2)
     assert (r['tokens'][:, :len(p)] == p).all()
+
+
+def test_vtd_console_script_under_torchrun(tmp_path):
+    "`torchrun --no-python vtd train ...`: the console script itself recognises torchrun's environment and joins the group."
+    vtd = shutil.which('vtd')
+    if vtd is None: pytest.fail("the vtd console script is not on PATH: install the package (pip install -e .)")
+    corpus = tmp_path / 'c.txt'; corpus.write_text(TEXT)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '--no-python',
+                        vtd, 'train', str(corpus), '--out', str(tmp_path / 'two'), *ARGS, '--epochs', '1'],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count('training VisualTokenLM') == 1 and 'x 2 processes' in r.stdout
+    assert VisualTokenLM.load(tmp_path / 'two' / 'last.pt', device='cpu').run_state['step'] > 0

@@ -15,14 +15,19 @@ ARGS = ['--seq-len', '8', '--vocab-size', '60', '--n-layer', '1', '--n-head', '2
         '--epochs', '2', '--no-progress', '--samples', '0', '--device', 'cpu']
 
 
+def torchrun(*cmd, env=None):
+    "Run `cmd` in 2 gloo processes under torchrun (one thread each), capturing its output."
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})}
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *cmd],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_two_gloo_processes_equal_one(tmp_path, patterns='arbitrary'):
     corpus = tmp_path / 'c.txt'; corpus.write_text(TEXT)
     args = [*ARGS, '--patterns', patterns]
     assert main(['train', str(corpus), '--out', str(tmp_path / 'one'), *args]) == 0
-    torchrun = [sys.executable, '-m', 'torch.distributed.run']
-    env = {**os.environ, 'PYTHONPATH': str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''), 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([*torchrun, '--standalone', '--nproc_per_node=2', '-m', 'vtd.cli', 'train', str(corpus),
-                        '--out', str(tmp_path / 'two'), *args], env=env, capture_output=True, text=True, timeout=300)
+    r = torchrun('-m', 'vtd.cli', 'train', str(corpus), '--out', str(tmp_path / 'two'), *args,
+                 env={'PYTHONPATH': str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', '')})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count('training VisualTokenLM') == 1 and 'x 2 processes' in r.stdout   # only rank 0 speaks
     one, two = (VisualTokenLM.load(tmp_path / d / 'last.pt', device='cpu') for d in ('one', 'two'))
@@ -40,10 +45,7 @@ def test_vtd_console_script_under_torchrun(tmp_path):
     vtd = shutil.which('vtd')
     if vtd is None: pytest.fail("the vtd console script is not on PATH: install the package (pip install -e .)")
     corpus = tmp_path / 'c.txt'; corpus.write_text(TEXT)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '--no-python',
-                        vtd, 'train', str(corpus), '--out', str(tmp_path / 'two'), *ARGS, '--epochs', '1'],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = torchrun('--no-python', vtd, 'train', str(corpus), '--out', str(tmp_path / 'two'), *ARGS, '--epochs', '1')
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count('training VisualTokenLM') == 1 and 'x 2 processes' in r.stdout
     assert VisualTokenLM.load(tmp_path / 'two' / 'last.pt', device='cpu').run_state['step'] > 0

@@ -13,7 +13,7 @@ sequence against the true words and against unigram fills).
     python tests/benchmarks/lm_budget.py --minutes 5 20     # the issue's budgets (about 2 x 25 minutes plus measuring)
     python tests/benchmarks/lm_budget.py --minutes 1        # a check that it runs
 
-Writes `lm_budget.json` to `--out` (default `tests/benchmarks/results/`, ignored by git) and prints a table.
+Writes `lm_budget.json` and README's tables (`lm_budget.md`; `--table-from JSON` reprints them) to `--out` (default `tests/benchmarks/results/`, ignored by git) and prints a table.
 """
 import argparse, json, math, time
 from pathlib import Path
@@ -61,6 +61,29 @@ def measure(lm, ar, held_text, n_t, n_eval, speed_batches, step_list, seed=0):
     return row
 
 
+def markdown_table(report: dict) -> str:
+    "README's \"Train your own\" tables from a report: bits per budget and model, generation speed and infill of the first budget."
+    out = ["| budget | model | held-out bits/word | gap closed | epochs | training tokens/s | prompt kept |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for m, b in report['budgets'].items():
+        out.append(f"| {m} min | unigram floor | {b['unigram_bits']:.3f} | | | | |")
+        for k in ('ar', 'diffusion'):
+            x = b[k]
+            gap = f"{b['diffusion_gap_share']:.0%}" if k == 'diffusion' else '100%'
+            out.append(f"| {m} min | {'autoregressive' if k == 'ar' else 'masked diffusion (bound)'} | {x['bits_per_word']:.3f} ± "
+                       f"{x['stderr']:.3f} | {gap} | {x['epochs']:.1f} | {x['tokens_per_s']:,.0f} | {x['prompt_kept']:.0%} |")
+    first = next(iter(report['budgets'])); b = report['budgets'][first]
+    ws_d, ws_a = b['diffusion']['words_per_s'], b['ar']['words_per_s']
+    out += ["", "| generation, words/s (64-word samples) | batch 1 | batch 64 |", "|---|---:|---:|"]
+    out += [f"| diffusion, {S} steps | {ws_d[f'{S}@1']:,.0f} | {ws_d[f'{S}@64']:,.0f} |" for S in (8, 32, 128) if f'{S}@1' in ws_d]
+    out.append(f"| autoregressive, key/value cache | {ws_a['kv-cache@1']:,.0f} | {ws_a['kv-cache@64']:,.0f} |")
+    inf = b['diffusion']['infill']
+    out += ["", f"Infill ({first}-minute models, 4 blanks in each of {report.get('n_eval', 400)} held-out sequences, judged by the AR "
+                f"model's bits per sequence): true words {inf['ar_bits_true']:.1f}, diffusion fills {inf['ar_bits_diffusion']:.1f}, "
+                f"unigram fills {inf['ar_bits_unigram']:.1f}; {inf['exact']:.1%} of filled words are the true word."]
+    return '\n'.join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--minutes', type=float, nargs='+', default=[5.0, 20.0])
@@ -70,12 +93,15 @@ def main(argv=None):
     ap.add_argument('--steps', type=int, nargs='+', default=[8, 32, 128])
     ap.add_argument('--device', default='auto')
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results'))
+    ap.add_argument('--table-from', metavar='JSON', help="print README's tables from a saved lm_budget.json and exit")
     a = ap.parse_args(argv)
+    if a.table_from: print(markdown_table(json.loads(Path(a.table_from).read_text()))); return None
     device = get_device(a.device)
     text = load_text_corpus('tinyshakespeare').text
     _, held_text = split_corpus(text, LMConfig().valid_fraction)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    report = {'device': str(device), 'torch_threads': torch.get_num_threads(), 'config': LMConfig().asdict(), 'budgets': {}}
+    report = {'device': str(device), 'torch_threads': torch.get_num_threads(), 'config': LMConfig().asdict(), 'n_eval': a.n_eval,
+              'budgets': {}}
     for minutes in a.minutes:
         models = {}
         for kind in ('ar', 'diffusion'):
@@ -102,6 +128,8 @@ def main(argv=None):
         print(f"  infill (AR bits per sequence): true {inf['ar_bits_true']:.1f}, diffusion fill {inf['ar_bits_diffusion']:.1f}, "
               f"unigram fill {inf['ar_bits_unigram']:.1f}; filled words exactly right {inf['exact']:.1%}")
         (out / 'lm_budget.json').write_text(json.dumps(report, indent=1))
+        (out / 'lm_budget.md').write_text(markdown_table(report) + '\n')
+    print('\n' + markdown_table(report))
     return report
 
 

@@ -32,6 +32,8 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     include_package_data=True,
+    # The data vtd carries (FashionMNIST subset, TinyShakespeare, their notice): in the wheel and the editable install.
+    package_data={cfg['lib_name']: ['data_files/*']},
     install_requires=requirements,
     # lpips needs torchvision, which breaks the CPU torch here: strictly opt-in.
     extras_require={'dev': dev_requirements, 'lpips': ['lpips'], 'kmedoids': ['kmedoids']},

@@ -1,4 +1,4 @@
-"""vtd.data: IDX parsing and validation, loaders, fallbacks, tokenizer and vocabulary."""
+"""vtd.data: IDX parsing and validation, the embedded data, the one lookup (smoke: embedded; full: found or embedded), text, vocabulary."""
 import gzip
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vtd.data import (DataFileError, Vocabulary, load_digits_images, load_fashion_mnist, load_text_corpus,
-                      photo_patches, read_idx, tokenize_words, FASHION_FILES)
+from vtd.data import (DataFileError, Vocabulary, load_embedded_fashion_mnist, load_fashion_mnist, load_image_data,
+                      load_text_corpus, photo_patches, read_corpus, read_idx, tokenize_words, FASHION_CLASSES, FASHION_FILES)
 
 
 def idx_bytes(a: np.ndarray) -> bytes:
@@ -47,27 +47,92 @@ def test_fashion_folder_with_a_bad_file_is_an_error_not_a_fallback(tmp_path, mon
         (tmp_path / stem).write_bytes(idx_bytes(np.zeros((2, 28, 28)) if 'images' in stem else np.zeros(2)))
     with pytest.raises(DataFileError, match='FashionMNIST has 60000'):
         load_fashion_mnist(root=tmp_path, download=False)
+    with pytest.raises(DataFileError, match='FashionMNIST has 60000'):   # not the embedded subset in its place
+        load_image_data(root=tmp_path, download=False, verbose=False)
 
 
-def test_fashion_missing_without_download_is_clear(tmp_path, monkeypatch):
+@pytest.fixture
+def newcomer(tmp_path, monkeypatch):
+    "A machine without our data: no VTD_DATA, an empty cache, Debian's folder pointed at nothing, no network."
     monkeypatch.delenv('VTD_DATA', raising=False)
-    monkeypatch.setattr('vtd.data.DEBIAN_FASHION_DIR', str(tmp_path / 'nothing'))
     monkeypatch.setenv('VTD_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr('vtd.data.DEBIAN_FASHION_DIR', str(tmp_path / 'no-debian'))
+    def offline(dest): raise OSError('network unreachable (test)')
+    monkeypatch.setattr('vtd.data._download_fashion', offline)
+    return tmp_path
+
+
+@pytest.fixture(scope='module')
+def fake_full_fashion(tmp_path_factory) -> Path:
+    "A full-size FashionMNIST folder (60,000 + 10,000 gzipped IDX files) the test writes: image i is the constant i % 251."
+    folder = tmp_path_factory.mktemp('fake') / 'fashion-mnist'; folder.mkdir()
+    for split, n in (('train', 60000), ('t10k', 10000)):
+        i = np.arange(n)
+        with gzip.open(folder / f'{split}-images-idx3-ubyte.gz', 'wb', compresslevel=1) as f:
+            f.write(idx_bytes(np.broadcast_to((i % 251)[:, None, None], (n, 28, 28))))
+        with gzip.open(folder / f'{split}-labels-idx1-ubyte.gz', 'wb', compresslevel=1) as f: f.write(idx_bytes(i % 10))
+    return folder
+
+
+def test_fashion_missing_without_download_is_clear(newcomer):
     with pytest.raises(FileNotFoundError, match='download=False'):
-        load_fashion_mnist(root=tmp_path / 'empty', download=False)
+        load_fashion_mnist(root=newcomer / 'empty', download=False)
+    with pytest.raises(FileNotFoundError, match='downloading failed.*network unreachable'):
+        load_fashion_mnist(verbose=False)
+
+
+def test_embedded_subset_is_real_balanced_and_the_same_every_time(newcomer):
+    d = load_embedded_fashion_mnist()
+    assert d.embedded and d.name == 'fashion_mnist' and d.classes == FASHION_CLASSES
+    assert d.x_train.shape == (10000, 1, 28, 28) and d.x_test.shape == (2000, 1, 28, 28)
+    assert torch.bincount(d.y_train).tolist() == [1000] * 10 and torch.bincount(d.y_test).tolist() == [200] * 10
+    assert 0 <= d.x_train.min() and d.x_train.max() <= 1 and d.x_train.mean() > 0.1   # real images, not blanks
+    assert torch.equal(load_embedded_fashion_mnist().x_test, d.x_test)
+    assert 'subset embedded in vtd' in d.summary and '10,000 train / 2,000 test' in d.summary
+
+
+def test_newcomer_gets_the_embedded_subset_in_both_modes(newcomer, capsys):
+    assert load_image_data(smoke=True).embedded
+    full = load_image_data(smoke=False)
+    assert full.embedded and len(full.x_train) == 10000
+    assert 'full FashionMNIST not found' in capsys.readouterr().out   # it says which data it used, and why
+
+
+@pytest.mark.parametrize('where', ['root', 'VTD_DATA', 'VTD_DATA parent', 'debian', 'cache'])
+def test_full_mode_finds_the_full_set_and_smoke_mode_never_uses_it(newcomer, fake_full_fashion, monkeypatch, where):
+    root = None
+    if where == 'root': root = fake_full_fashion
+    elif where == 'VTD_DATA': monkeypatch.setenv('VTD_DATA', str(fake_full_fashion))
+    elif where == 'VTD_DATA parent': monkeypatch.setenv('VTD_DATA', str(fake_full_fashion.parent))
+    elif where == 'debian': monkeypatch.setattr('vtd.data.DEBIAN_FASHION_DIR', str(fake_full_fashion))
+    else: monkeypatch.setenv('VTD_CACHE', str(fake_full_fashion.parent))   # the cache holds <cache>/fashion-mnist
+    full = load_image_data(smoke=False, root=root, verbose=False)
+    assert not full.embedded and full.x_train.shape == (60000, 1, 28, 28) and len(full.x_test) == 10000
+    assert str(fake_full_fashion) in full.source and 'full' in full.summary
+    assert full.x_train[300, 0, 0, 0].item() == pytest.approx((300 % 251) / 255) and full.y_train[:3].tolist() == [0, 1, 2]
+    assert load_image_data(smoke=True, root=root, verbose=False).embedded   # same figures on every machine
+
+
+def test_vtd_data_embedded_means_only_the_embedded_data(newcomer, fake_full_fashion, monkeypatch):
+    monkeypatch.setattr('vtd.data.DEBIAN_FASHION_DIR', str(fake_full_fashion))
+    monkeypatch.setenv('VTD_DATA', 'embedded')
+    assert load_image_data(smoke=False, verbose=False).embedded
+    assert 'embedded in vtd' in load_text_corpus('tinyshakespeare', verbose=False).source
 
 
 @pytest.mark.skipif(not Path('/usr/share/datasets/fashion-mnist').exists(), reason="Debian's dataset-fashion-mnist is not installed")
-def test_real_fashion_mnist_from_debian():
-    d = load_fashion_mnist(download=False, verbose=False)
-    assert d.x_train.shape == (60000, 1, 28, 28) and d.x_test.shape == (10000, 1, 28, 28)
-    assert 0 <= d.x_train.min() and d.x_train.max() <= 1 and set(d.y_test.unique().tolist()) == set(range(10))
+def test_embedded_subset_is_the_real_images_it_says():
+    "Where Debian's FashionMNIST is installed: the embedded images are the originals at the indices stored beside them."
+    import io, lzma
+    from vtd.data import EMBEDDED_DIR, EMBEDDED_FASHION
+    full = load_fashion_mnist(root='/usr/share/datasets/fashion-mnist', download=False, verbose=False)
+    with np.load(io.BytesIO(lzma.decompress((EMBEDDED_DIR / EMBEDDED_FASHION).read_bytes()))) as z:
+        tr, te = torch.from_numpy(z['train_index'].astype(np.int64)), torch.from_numpy(z['test_index'].astype(np.int64))
+    d = load_embedded_fashion_mnist()
+    assert torch.equal(d.x_train, full.x_train[tr]) and torch.equal(d.y_test, full.y_test[te])
 
 
-def test_digits_and_patches():
-    d = load_digits_images()
-    assert d.x_train.shape[1:] == (1, 8, 8) and len(d.x_train) + len(d.x_test) == 1797
-    assert d.x_train.max() <= 1.0
+def test_patches():
     p = photo_patches(8)
     assert p.shape == (2 * (427 // 8) * (640 // 8), 3, 8, 8)
     # the first patch is the photo's top-left corner
@@ -75,21 +140,23 @@ def test_digits_and_patches():
     assert torch.equal(p[0], load_sample_photos()[0, :, :8, :8])
 
 
-def test_text_corpus_local_and_fallback(tmp_path, monkeypatch):
-    monkeypatch.setenv('VTD_DATA', str(tmp_path))
-    monkeypatch.setenv('VTD_CACHE', str(tmp_path / 'cache'))
-    (tmp_path / 'tiny.txt').write_text('To be, or not to be.')
+def test_text_corpus_embedded_local_and_unknown(newcomer, monkeypatch):
+    c = load_text_corpus('tinyshakespeare', verbose=False)   # no file anywhere: the embedded copy, whole
+    assert 'embedded in vtd' in c.source and len(c.text) == 1_115_394 and c.text.startswith('First Citizen:')
+    monkeypatch.setenv('VTD_DATA', str(newcomer))
+    (newcomer / 'tiny.txt').write_text('To be, or not to be.')
     assert load_text_corpus('tiny', verbose=False).text.startswith('To be')
-    # a known corpus that cannot be had (no file, no download) falls back to the embedded text, saying so
-    c = load_text_corpus('tinyshakespeare', download=False, verbose=False)
-    assert c.name == 'pydoc' and 'fallback: tinyshakespeare' in c.source and len(tokenize_words(c.text)) > 50_000
+    (newcomer / 'tinyshakespeare.txt').write_text('A local copy wins in full mode.')
+    assert load_text_corpus('tinyshakespeare', verbose=False).text.startswith('A local copy')
+    assert load_text_corpus('tinyshakespeare', smoke=True, verbose=False).text == c.text   # smoke: always the embedded
     # an unknown name is an error that lists the known ones, never a different corpus
-    with pytest.raises(ValueError, match=r"unknown text corpus 'not-a-corpus'.*pydoc.*tinyshakespeare"):
-        load_text_corpus('not-a-corpus', download=False, verbose=False)
-    (tmp_path / 'empty.txt').write_text('  ')
+    with pytest.raises(ValueError, match=r"unknown text corpus 'not-a-corpus'.*tinyshakespeare"):
+        load_text_corpus('not-a-corpus', verbose=False)
+    (newcomer / 'empty.txt').write_text('  ')
     with pytest.raises(DataFileError, match='empty'): load_text_corpus('empty', verbose=False)
-    (tmp_path / 'binary.txt').write_bytes(b'\xff\xfe\x00bad')
+    (newcomer / 'binary.txt').write_bytes(b'\xff\xfe\x00bad')
     with pytest.raises(DataFileError, match='UTF-8'): load_text_corpus('binary', verbose=False)
+    with pytest.raises(DataFileError, match='is a directory'): read_corpus(newcomer)
 
 
 def test_vocabulary():

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from vtd.core import CheckpointError, save_checkpoint
-from vtd.lm import (LMConfig, VisualTokenLM, WordTokenizer, BPETokenizer, CorpusError, read_corpus, split_corpus,
-                    as_sequences, train_lm, _Objective, lr_factor)
+from vtd.data import DataFileError, read_corpus
+from vtd.lm import (LMConfig, VisualTokenLM, WordTokenizer, BPETokenizer, split_corpus, as_sequences,
+                    train_lm, _Objective, lr_factor)
 
 TEXT = ("first citizen : before we proceed any further , hear me speak . all : speak , speak . "
         "first citizen : you are all resolved rather to die than to famish ? all : resolved . resolved . ") * 12
@@ -53,12 +54,12 @@ def test_split_holds_out_the_end_at_a_space():
 
 
 def test_corpus_errors_are_clear(tmp_path):
-    with pytest.raises(CorpusError, match='does not exist'): read_corpus(tmp_path / 'nope.txt')
-    with pytest.raises(CorpusError, match='is a directory'): read_corpus(tmp_path)
+    with pytest.raises(DataFileError, match='does not exist'): read_corpus(tmp_path / 'nope.txt')
+    with pytest.raises(DataFileError, match='is a directory'): read_corpus(tmp_path)
     (tmp_path / 'e.txt').write_text(' \n'); (tmp_path / 'b.txt').write_bytes(b'\xff\xfe\x00bad')
-    with pytest.raises(CorpusError, match='is empty'): read_corpus(tmp_path / 'e.txt')
-    with pytest.raises(CorpusError, match='not UTF-8'): read_corpus(tmp_path / 'b.txt')
-    with pytest.raises(CorpusError, match='fewer than one sequence'): VisualTokenLM.build("to be or not", TINY)
+    with pytest.raises(DataFileError, match='is empty'): read_corpus(tmp_path / 'e.txt')
+    with pytest.raises(DataFileError, match='not UTF-8'): read_corpus(tmp_path / 'b.txt')
+    with pytest.raises(DataFileError, match='fewer than one sequence'): VisualTokenLM.build("to be or not", TINY)
 
 
 @pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary'), dict(tokenizer='bpe', vocab_size=280)],

@@ -82,9 +82,19 @@ def test_classifier_runs_on_the_meta_device():
     assert clf(x).shape == (4, 10) and clf(x).is_meta
 
 
+def digits_image_data(test_fraction: float = 0.2, seed: int = 0):
+    "scikit-learn's 8x8 digits as `ImageData`: a small real image set that keeps these unit tests fast."
+    from sklearn.datasets import load_digits
+    from vtd.data import ImageData
+    d = load_digits()
+    x, y = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None], torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(len(x) * test_fraction)); te, tr = perm[:n_test], perm[n_test:]
+    return ImageData(x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)], 'scikit-learn load_digits', 'digits')
+
+
 def _tiny_data():
-    from vtd.data import load_digits_images
-    return load_digits_images()
+    return digits_image_data()
 
 
 def test_train_image_classifier_is_cached_and_keyed_by_config_and_data(tmp_path, monkeypatch):

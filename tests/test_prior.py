@@ -121,13 +121,23 @@ def test_codebook_signature():
     assert codebook_signature(FakeCodebook(12, seed=1))['hash'] != sig['hash']
 
 
+def digits_image_data(test_fraction: float = 0.2, seed: int = 0):
+    "scikit-learn's 8x8 digits as `ImageData`: a small real image set that keeps these unit tests fast."
+    from sklearn.datasets import load_digits
+    from vtd.data import ImageData
+    d = load_digits()
+    x, y = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None], torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(len(x) * test_fraction)); te, tr = perm[:n_test], perm[n_test:]
+    return ImageData(x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)], 'scikit-learn load_digits', 'digits')
+
+
 def _digit_grids():
     "Checked code grids of the embedded digits under an untrained spatial VAE and a random Euclidean codebook."
-    from vtd.data import load_digits_images
     from vtd.geodesic import Codebook
     from vtd.prior import image_code_grids
     from vtd.spatial_vae import SpatialVAE
-    data = load_digits_images()
+    data = digits_image_data()
     torch.manual_seed(0)
     vae = SpatialVAE(in_size=8, latent_grid=4, latent_dim=4, width=8).eval()
     cb = Codebook(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), 'euclidean')

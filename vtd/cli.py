@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from .core import CheckpointError, get_device
-from .lm import (LMConfig, VisualTokenLM, CorpusError, init_distributed, dist_world, read_corpus, MODELS, PATTERNS,
-                    TOKENIZERS)
+from .data import DataFileError, read_corpus
+from .lm import LMConfig, VisualTokenLM, init_distributed, dist_world, MODELS, PATTERNS, TOKENIZERS
 
 # %% auto 0
 __all__ = ['build_parser', 'main']
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     "The `vtd` command: `vtd train`, `vtd generate`, `vtd score` (run `vtd -h`)."
     a = build_parser().parse_args(argv)
     try: return {'train': _train, 'generate': _generate, 'score': _score}[a.command](a)
-    except (CorpusError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (DataFileError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"vtd {a.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

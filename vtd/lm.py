@@ -17,14 +17,14 @@ from .core import (Config, CheckpointError, batches, cached, get_device, load_ch
                       save_checkpoint, seed_everything)
 from fastcore.basics import patch
 
-from .data import Vocabulary, tokenize_words
+from .data import DataFileError, Vocabulary, tokenize_words
 from .diffusion import (AbsorbingProcess, PatternDenoiser, TokenDenoiser, ancestral_sample, ar_heldout_bits,
                            ar_loss, ar_sample, heldout_bound, make_ar_model, maskgit_sample, stratified_times)
 
 # %% auto 0
 __all__ = ['MODELS', 'TOKENIZERS', 'PATTERNS', 'LM_KIND', 'BLANK', 'LMConfig', 'WordTokenizer', 'BPETokenizer', 'make_tokenizer',
-           'tokenizer_from_state', 'CorpusError', 'read_corpus', 'split_corpus', 'as_sequences', 'make_pattern_table',
-           'VisualTokenLM', 'lr_factor', 'dist_world', 'init_distributed', 'plot_history', 'train_lm']
+           'tokenizer_from_state', 'split_corpus', 'as_sequences', 'make_pattern_table', 'VisualTokenLM', 'lr_factor',
+           'dist_world', 'init_distributed', 'plot_history', 'train_lm']
 
 # %% ../nbs/09_lm.ipynb
 MODELS, TOKENIZERS, PATTERNS = ('diffusion', 'ar'), ('word', 'bpe'), ('none', 'arbitrary', 'grounded')
@@ -141,22 +141,9 @@ def tokenizer_from_state(state: dict):
     raise CheckpointError(f"unknown tokenizer state {state.get('kind')!r}")
 
 # %% ../nbs/09_lm.ipynb
-class CorpusError(ValueError):
-    "A training or scoring text that cannot be used: missing, empty, not UTF-8, or too short."
-
-def read_corpus(path) -> str:
-    "The text of the file at `path`, or a `CorpusError` naming what is wrong with it."
-    p = Path(path)
-    if not p.exists(): raise CorpusError(f"corpus {p} does not exist")
-    if p.is_dir(): raise CorpusError(f"corpus {p} is a directory, not a text file")
-    try: text = p.read_text(encoding='utf-8')
-    except UnicodeDecodeError as e: raise CorpusError(f"corpus {p} is not UTF-8 text ({e})") from e
-    if not text.strip(): raise CorpusError(f"corpus {p} is empty")
-    return text
-
 def split_corpus(text: str, valid_fraction: float = 0.1) -> tuple[str, str]:
     "(training text, held-out text): the held-out part is the end of the corpus, cut at a whitespace."
-    if not text.strip(): raise CorpusError("the corpus is empty")
+    if not text.strip(): raise DataFileError("the corpus is empty")
     cut = int(len(text) * (1 - valid_fraction))
     while cut < len(text) and not text[cut].isspace(): cut += 1
     return text[:cut], text[cut:]
@@ -216,7 +203,7 @@ class VisualTokenLM(nn.Module):
         tok = make_tokenizer(cfg.tokenizer, train_text, cfg.vocab_size)
         ids = tok.encode(train_text)
         if len(ids) < cfg.seq_len:
-            raise CorpusError(f"the corpus's training part has {len(ids)} tokens, fewer than one sequence of seq_len={cfg.seq_len}")
+            raise DataFileError(f"the corpus's training part has {len(ids)} tokens, fewer than one sequence of seq_len={cfg.seq_len}")
         seed_everything(cfg.seed)
         table = make_pattern_table(cfg.patterns, tok.token_strings(), cfg.seed, verbose)
         torch.manual_seed(cfg.seed)
@@ -350,11 +337,11 @@ def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int |
     epochs = None if minutes is not None else (epochs or cfg.epochs)
     train_seqs = as_sequences(train_ids, L).to(dev)
     if len(train_seqs) == 0:
-        raise CorpusError(f"the training text has {len(train_ids)} tokens, fewer than one sequence of seq_len={L}")
-    if len(valid_ids) < 2: raise CorpusError(f"the held-out end of the corpus has {len(valid_ids)} token(s); it needs at least 2")
+        raise DataFileError(f"the training text has {len(train_ids)} tokens, fewer than one sequence of seq_len={L}")
+    if len(valid_ids) < 2: raise DataFileError(f"the held-out end of the corpus has {len(valid_ids)} token(s); it needs at least 2")
     valid_seqs = as_sequences(valid_ids, min(L, len(valid_ids)))[:cfg.n_valid].to(dev)
     B = min(cfg.batch_size, len(train_seqs)) // world * world
-    if B < world: raise CorpusError(f"{len(train_seqs)} training sequence(s) cannot give each of {world} ranks a row")
+    if B < world: raise DataFileError(f"{len(train_seqs)} training sequence(s) cannot give each of {world} ranks a row")
     per_epoch = len(train_seqs) // B
     total = None if epochs is None else epochs * per_epoch
     opt = torch.optim.AdamW(lm.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -469,7 +456,7 @@ def score(self: VisualTokenLM, text: str, n_t: int = 8, batch_size: int = 64, se
     uniform floors. Diffusion: an upper bound (the ELBO); AR: exact. Words are `vtd.data.tokenize_words`'s; the
     text is cut into sequences of `seq_len` tokens (a tail shorter than one is dropped if a full one exists)."""
     ids = self.tokenizer.encode(text)
-    if len(ids) < 2: raise CorpusError(f"the text has {len(ids)} token(s); scoring needs at least 2")
+    if len(ids) < 2: raise DataFileError(f"the text has {len(ids)} token(s); scoring needs at least 2")
     seqs = as_sequences(ids, min(self.cfg.seq_len, len(ids)))
     r = self.heldout_bits(seqs, n_t=n_t, batch_size=batch_size, seed=seed)
     uni = -self.unigram().cpu().log2()[seqs].mean(1)

@@ -70,7 +70,7 @@ def run_notebook(nb: str | Path, out_dir: str | Path, smoke: bool = True, device
 HEADLINES: dict[str, list[tuple[str, str, str]]] = {
     '00_core': [('training loss after fit (MSE)', 'fit_final_train_loss', '.4f'), ('epochs', 'fit_epochs', 'd')],
     '01_data': [('text corpus', 'text_corpus', ''), ('text length (word tokens)', 'text_tokens', ','),
-                ('unknown words, 4k vocabulary', 'vocab_unk_rate_4k', '.1%'), ('FashionMNIST found', 'fashion_mnist', '')],
+                ('unknown words, 4k vocabulary', 'vocab_unk_rate_4k', '.1%'), ('images used', 'data', '')],
     '02_fractal': [('PSNR, fractal (IFS) render (dB)', 'ifs_render_psnr', '.2f'),
                    ('PSNR, random decoder (dB)', 'random_decoder_psnr', '.2f'),
                    ('PSNR, learned MLP decoder (dB)', 'mlp_decoder_psnr', '.2f'),
@@ -218,6 +218,7 @@ def update_record(record: str | Path, runs: list[dict], machine: Mapping, commit
         lesson = Path(r['notebook']).stem
         data['lessons'][lesson] = {'commit': commit, 'date': date, 'machine': dict(machine), 'seconds': round(r['seconds'], 1),
                                    'headline': [list(h) for h in headline(lesson, r['results'])], 'results': r['results']}
+        if 'data' in r['results']: data['lessons'][lesson]['data'] = r['results']['data']   # what the figures were measured on
         done.append(lesson)
     data['lessons'] = dict(sorted(data['lessons'].items()))
     record.parent.mkdir(parents=True, exist_ok=True); record.write_text(json.dumps(data, indent=1, ensure_ascii=False) + '\n')
@@ -233,7 +234,7 @@ def results_markdown(record: str | Path | Mapping) -> str:
     data = record if isinstance(record, Mapping) else json.loads(Path(record).read_text())
     lines = [RESULTS_MARK, '', '| lesson | headline figures (full mode) | seconds | machine | commit, date |', '|---|---|---:|---|---|']
     for lesson, e in data['lessons'].items():
-        figs = '<br>'.join(f"{label}: **{value}**" for label, value in e['headline'])
+        figs = '<br>'.join(f"{label}: **{value}**" for label, value in e['headline']) + (f"<br>data: {e['data']}" if e.get('data') else '')
         lines.append(f"| `{lesson}` | {figs} | {e['seconds']:.0f} | {_machine_text(e['machine'])} | `{e['commit']}`, {e['date']} |")
     if not data['lessons']: lines.append('| (no full run recorded yet) | | | | |')
     return '\n'.join(lines)

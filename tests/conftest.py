@@ -1,15 +1,11 @@
-"""Shared test set-up: data locations, markers, and the repository root."""
+"""Shared test set-up: markers, the repository root, the browser. No data location: the tests run as a newcomer
+does, on the data vtd carries (VTD_DATA is whatever the caller set; the smoke runs never read it)."""
 import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / 'shared' / 'data'
-
-# Tests and CI read TinyShakespeare from ../shared/data unless the caller chose another folder.
-if 'VTD_DATA' not in os.environ and (SHARED_DATA / 'tinyshakespeare.txt').exists():
-    os.environ['VTD_DATA'] = str(SHARED_DATA)
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('MPLBACKEND', 'Agg')

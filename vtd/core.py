@@ -102,6 +102,7 @@ class Learner:
                 self.callback('before_fit')
                 self._t0, self._elapsed0 = time.perf_counter(), self.elapsed
                 while self.stop is None and (self.epochs is None or self.epoch < self.epochs): self._one_epoch()
+                self.interrupted = self.stop == 'interrupt'   # e.g. Ctrl-C while the epoch was being scored
             except CancelFitException: self.interrupted = True
             self.model.eval()
             self.callback('after_fit')
@@ -258,8 +259,9 @@ import signal
 class InterruptCB(Callback):
     """Ctrl-C (SIGINT) or SIGTERM while training: the first finishes the current step and stops (so `after_fit`
     can write a resumable checkpoint); a second Ctrl-C aborts at once. `at_step`: stop there (for tests)."""
-    def __init__(self, signals=('SIGINT', 'SIGTERM'), at_step: int | None = None, say: Callable = print):
-        self.signals, self.at_step, self.say, self._old = signals, at_step, say, {}
+    def __init__(self, signals=('SIGINT', 'SIGTERM'), at_step: int | None = None, say: Callable | None = None):
+        self.signals, self.at_step, self._old = signals, at_step, {}
+        self.say = say or (lambda text: print(text, flush=True))
     def _handle(self, signum, frame):
         if self.learn.stop == 'interrupt': raise KeyboardInterrupt
         self.learn.stop = 'interrupt'
@@ -277,15 +279,18 @@ class InterruptCB(Callback):
         self._old = {}
 
 class CheckpointCB(Callback):
-    """`save(learn)` every `every` optimiser steps (None: never mid-run) and once when training ends, stopped or not
-    (not when it fails). Runs after the other callbacks of a step, so what it saves includes their state."""
+    """`save(learn, final)` every `every` optimiser steps (None: never mid-epoch), after each epoch with `each_epoch`,
+    and once when training ends, stopped or not (`final=True`; not when it fails). It runs after the other
+    callbacks of a step or epoch, so what it saves includes their state."""
     order = 50
-    def __init__(self, save: Callable, every: int | None = None):
+    def __init__(self, save: Callable, every: int | None = None, each_epoch: bool = False):
         if every is not None and every < 1: raise ValueError(f"every must be >= 1 step, got {every}")
-        self.save, self.every = save, every
+        self.save, self.every, self.each_epoch = save, every, each_epoch
     def after_batch(self, learn):
-        if self.every and learn.step % self.every == 0: self.save(learn)
-    def after_fit(self, learn): self.save(learn)
+        if self.every and learn.step % self.every == 0: self.save(learn, final=False)
+    def after_epoch(self, learn):
+        if self.each_epoch: self.save(learn, final=False)
+    def after_fit(self, learn): self.save(learn, final=True)
 
 class ValidCB(Callback):
     """After each epoch, `valid_fn(model)` (eval mode, no grad; lower is better) into `history['valid']`; with

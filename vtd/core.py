@@ -210,10 +210,10 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class ProgressCB(Callback):
     "One progress bar for the run (steps; epochs and loss in its text), closed when training ends."
     order = -20
-    def __init__(self, desc: str | None = None, postfix: Callable | None = None, disable: bool = False):
-        self.desc, self.postfix, self.disable, self.bar = desc, postfix, disable, None
+    def __init__(self, desc: str | None = None, postfix: Callable | None = None, disable: bool = False, total: int | None = None):
+        self.desc, self.postfix, self.disable, self.total, self.bar = desc, postfix, disable, total, None
     def before_fit(self, learn):
-        self.bar = progress(None, desc=self.desc or learn.desc, disable=self.disable)
+        self.bar = progress(None, total=self.total, desc=self.desc or learn.desc, disable=self.disable)
         self.bar.update(learn.step)
     def before_epoch(self, learn):
         if learn.epochs is not None and learn.n_batches is not None and self.bar.total is None:

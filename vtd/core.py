@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 # %% auto 0
-__all__ = ['CHECKPOINT_FORMAT', 'seed_everything', 'get_device', 'progress', 'Permutations', 'batches', 'fit', 'CheckpointError',
-           'save_checkpoint', 'load_checkpoint', 'cache_root', 'fingerprint', 'Config', 'cached', 'psnr', 'ssim',
-           'show_images', 'live_widget', 'record_results']
+__all__ = ['CHECKPOINT_FORMAT', 'seed_everything', 'get_device', 'CancelFitException', 'CancelEpochException', 'Callback',
+           'Learner', 'progress', 'Permutations', 'batches', 'warmup_cosine', 'decay_groups', 'ProgressCB',
+           'GradClipCB', 'SchedulerCB', 'LRScheduleCB', 'TimeBudgetCB', 'InterruptCB', 'CheckpointCB', 'ValidCB',
+           'DDPCB', 'fit', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'cache_root', 'fingerprint',
+           'Config', 'cached', 'psnr', 'ssim', 'show_images', 'live_widget', 'record_results']
 
 # %% ../nbs/00_core.ipynb
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
@@ -51,6 +53,103 @@ def get_device(prefer: str | torch.device | None = 'auto') -> torch.device:
         raise RuntimeError(f"device {str(prefer)!r} requested but MPS is not available here")
     if dev.type not in ('cpu', 'cuda', 'mps', 'meta'): raise ValueError(f"unsupported device {str(prefer)!r}")
     return dev
+
+# %% ../nbs/00_core.ipynb
+class CancelFitException(Exception): "Raised by a callback to end training now (`after_fit` still runs)."
+class CancelEpochException(Exception): "Raised by a callback to end this epoch now (`after_epoch` still runs)."
+
+class Callback:
+    """A behaviour of the `Learner`: define any of the methods named in `Learner.events`, each taking the learner.
+    Callbacks run in `order`, lowest first (ties keep the order they were given in)."""
+    order = 0
+    def __repr__(self): return f"{type(self).__name__}(order={self.order})"
+
+class Learner:
+    """One training loop: `loss_fn(model, batch)` (a loss tensor, or `(loss, {name: float})`) on each batch of
+    `batches` (an iterable, or a function of the epoch number returning one), then `backward` and `opt.step()`.
+    Everything else is a `Callback` in `cbs`. The position (`epoch`, `batch_i` batches into it, `step`
+    optimiser steps, `elapsed` seconds) is plain state, so a run can be resumed by setting it before `fit`."""
+    events = ('before_fit', 'before_epoch', 'before_batch', 'after_loss', 'after_backward', 'after_step',
+              'after_batch', 'after_epoch', 'after_fit', 'cleanup_fit')
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, batches, opt: torch.optim.Optimizer | None = None,
+                 lr: float = 1e-3, cbs: Iterable[Callback] = (), desc: str = 'fit'):
+        self.model, self.loss_fn, self.batches, self.desc = model, loss_fn, batches, desc
+        self.opt = opt if opt is not None else torch.optim.AdamW(model.parameters(), lr=lr)
+        self.cbs = sorted(cbs, key=lambda cb: cb.order)
+        for cb in self.cbs:
+            unknown = [m for m in vars(type(cb)) if m.startswith(('before_', 'after_', 'cleanup_')) and m not in self.events]
+            if unknown: raise TypeError(f"{type(cb).__name__} defines {unknown}, which are not events: {self.events}")
+        self.epoch = self.batch_i = self.step = 0
+        self.elapsed = 0.0              # seconds trained, earlier (resumed) runs included
+        self.stop, self.interrupted = None, False
+        self.agree = lambda flag: flag  # the DDP callback makes this a vote of every rank
+
+    def callback(self, event: str):
+        for cb in self.cbs:
+            f = getattr(cb, event, None)
+            if f is not None: f(self)
+
+    @property
+    def params(self) -> list: return [p for g in self.opt.param_groups for p in g['params']]
+
+    def fit(self, epochs: int | None = None) -> 'Learner':
+        "Train until `epochs` epochs are done (None: until a callback stops it)."
+        if epochs is not None and epochs < 1: raise ValueError(f"epochs must be >= 1, got {epochs}")
+        self.epochs, self.stop, self.interrupted = epochs, None, False
+        try:
+            try:
+                self.callback('before_fit')
+                self._t0, self._elapsed0 = time.perf_counter(), self.elapsed
+                while self.stop is None and (self.epochs is None or self.epoch < self.epochs): self._one_epoch()
+                self.interrupted = self.stop == 'interrupt'   # e.g. Ctrl-C while the epoch was being scored
+            except CancelFitException: self.interrupted = True
+            self.model.eval()
+            self.callback('after_fit')
+        finally: self.callback('cleanup_fit')
+        return self
+
+    def _one_epoch(self):
+        dl = self.batches(self.epoch) if callable(self.batches) else self.batches
+        self.n_batches = len(dl) if hasattr(dl, '__len__') else None
+        self.model.train()
+        self.callback('before_epoch')
+        done, ran = False, 0
+        try:
+            for i, batch in enumerate(dl):
+                if i < self.batch_i: continue              # a resumed epoch skips the batches already trained on
+                self.batch = batch
+                self._one_batch(); ran += 1
+                self.batch_i = i + 1
+                self._check_stop()
+            done = True
+        except CancelEpochException: pass
+        if ran == 0 and self.batch_i == 0: raise ValueError(f"{self.desc}: the batches of epoch {self.epoch + 1} are empty")
+        self.epoch_done = done or (self.n_batches is not None and self.batch_i >= self.n_batches)
+        self.callback('after_epoch')
+        if self.epoch_done: self.epoch, self.batch_i = self.epoch + 1, 0
+
+    def _one_batch(self):
+        self.callback('before_batch')
+        out = self.loss_fn(self.model, self.batch)
+        self.loss, self.parts = out if isinstance(out, tuple) else (out, {})
+        self.callback('after_loss')
+        if not torch.isfinite(self.loss):
+            raise FloatingPointError(f"{self.desc}: loss became {self.loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}")
+        self.opt.zero_grad(set_to_none=True)
+        self.loss.backward()                               # the library's one backward pass ...
+        self.callback('after_backward')
+        self.opt.step()                                    # ... and its one optimiser step
+        self.step += 1
+        self.elapsed = self._elapsed0 + time.perf_counter() - self._t0
+        self.callback('after_step')
+        self.callback('after_batch')
+
+    def _check_stop(self):
+        "Stop when a callback asked to (on every rank at once: `agree` is a vote under DDP)."
+        if self.agree(self.stop is not None):
+            if self.agree(self.stop == 'interrupt'): self.stop = 'interrupt'; raise CancelFitException
+            self.stop = self.stop or 'budget'; raise CancelEpochException
 
 # %% ../nbs/00_core.ipynb
 def _in_notebook() -> bool:
@@ -96,48 +195,181 @@ def _one_or_tuple(b): return b[0] if len(b) == 1 else b
 _bar = progress  # inside fit, whose `progress` flag shadows the name
 
 # %% ../nbs/00_core.ipynb
+def warmup_cosine(frac: float, step: int, warmup: int, floor: float = 0.1) -> float:
+    """The learning-rate factor: linear warm-up over `warmup` steps, then cosine decay from 1 to `floor` as the
+    run's fraction done `frac` goes from 0 to 1 (by steps or by time)."""
+    return min(1.0, (step + 1) / max(1, warmup)) * (floor + (1 - floor) / 2 * (1 + math.cos(math.pi * min(1.0, max(0.0, frac)))))
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups as nanoGPT makes them: weight decay on the matrices (weights of linear layers and
+    embeddings, `dim >= 2`), none on biases, norms' gains and other vectors."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+            {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+
+class ProgressCB(Callback):
+    "One progress bar for the run (steps; epochs and loss in its text), closed when training ends."
+    order = -20
+    def __init__(self, desc: str | None = None, postfix: Callable | None = None, disable: bool = False, total: int | None = None):
+        self.desc, self.postfix, self.disable, self.total, self.bar = desc, postfix, disable, total, None
+    def before_fit(self, learn):
+        self.bar = progress(None, total=self.total, desc=self.desc or learn.desc, disable=self.disable)
+        self.bar.update(learn.step)
+    def before_epoch(self, learn):
+        if learn.epochs is not None and learn.n_batches is not None and self.bar.total is None:
+            self.bar.total = learn.epochs * learn.n_batches; self.bar.refresh()
+    def after_batch(self, learn):
+        self.bar.update(1)
+        text = f"epoch {learn.epoch + 1}" + (f"/{learn.epochs}" if learn.epochs else '') + f", loss {learn.loss.item():.3f}"
+        self.bar.set_postfix_str(text + (self.postfix(learn) if self.postfix else ''), refresh=False)
+    def cleanup_fit(self, learn):
+        if self.bar is not None: self.bar.close(); self.bar = None
+
+class GradClipCB(Callback):
+    "Clip the gradients' global norm (over the model's parameters) to `max_norm` between `backward` and the step."
+    def __init__(self, max_norm: float): self.max_norm = max_norm
+    def after_backward(self, learn): nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm)
+
+class SchedulerCB(Callback):
+    "Step a torch learning-rate scheduler after each optimiser step."
+    def __init__(self, scheduler): self.scheduler = scheduler
+    def after_step(self, learn): self.scheduler.step()
+
+class LRScheduleCB(Callback):
+    """Set every group's learning rate to `lr * warmup_cosine(...)` before each step. The run's fraction done is
+    `step / total_steps`, or with `seconds` (a time budget) the time trained over it."""
+    def __init__(self, lr: float, warmup: int, total_steps: int | None = None, seconds: float | None = None):
+        if (total_steps is None) == (seconds is None): raise ValueError("give LRScheduleCB total_steps or seconds")
+        self.lr, self.warmup, self.total, self.seconds = lr, warmup, total_steps, seconds
+    def before_batch(self, learn):
+        frac = learn.step / self.total if self.total else learn.elapsed / self.seconds
+        for group in learn.opt.param_groups: group['lr'] = self.lr * warmup_cosine(frac, learn.step, self.warmup)
+
+class TimeBudgetCB(Callback):
+    "Stop once `seconds` of training have passed (resumed runs count their earlier time); the epoch is still scored."
+    def __init__(self, seconds: float): self.seconds = seconds
+    def before_fit(self, learn):
+        if learn.elapsed >= self.seconds: learn.stop = 'budget'
+    def after_batch(self, learn):
+        if learn.elapsed >= self.seconds and learn.stop is None: learn.stop = 'budget'
+
+# %% ../nbs/00_core.ipynb
+import signal
+
+class InterruptCB(Callback):
+    """Ctrl-C (SIGINT) or SIGTERM while training: the first finishes the current step and stops (so `after_fit`
+    can write a resumable checkpoint); a second Ctrl-C aborts at once. `at_step`: stop there (for tests)."""
+    def __init__(self, signals=('SIGINT', 'SIGTERM'), at_step: int | None = None, say: Callable | None = None):
+        self.signals, self.at_step, self._old = signals, at_step, {}
+        self.say = say or (lambda text: print(text, flush=True))
+    def _handle(self, signum, frame):
+        if self.learn.stop == 'interrupt': raise KeyboardInterrupt
+        self.learn.stop = 'interrupt'
+        self.say(f"\n{signal.Signals(signum).name}: finishing this step, then writing a resumable checkpoint (Ctrl-C again aborts)")
+    def before_fit(self, learn):
+        self.learn = learn
+        for name in self.signals:
+            sig = getattr(signal, name)
+            try: self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError: pass                 # not the main thread: the signal keeps its usual meaning
+    def after_batch(self, learn):
+        if self.at_step is not None and learn.step >= self.at_step: learn.stop = 'interrupt'
+    def cleanup_fit(self, learn):
+        for sig, old in self._old.items(): signal.signal(sig, old)
+        self._old = {}
+
+class CheckpointCB(Callback):
+    """`save(learn, final)` every `every` optimiser steps (None: never mid-epoch), after each epoch with `each_epoch`,
+    and once when training ends, stopped or not (`final=True`; not when it fails). It runs after the other
+    callbacks of a step or epoch, so what it saves includes their state."""
+    order = 50
+    def __init__(self, save: Callable, every: int | None = None, each_epoch: bool = False):
+        if every is not None and every < 1: raise ValueError(f"every must be >= 1 step, got {every}")
+        self.save, self.every, self.each_epoch = save, every, each_epoch
+    def after_batch(self, learn):
+        if self.every and learn.step % self.every == 0: self.save(learn, final=False)
+    def after_epoch(self, learn):
+        if self.each_epoch: self.save(learn, final=False)
+    def after_fit(self, learn): self.save(learn, final=True)
+
+class ValidCB(Callback):
+    """After each epoch, `valid_fn(model)` (eval mode, no grad; lower is better) into `history['valid']`; with
+    `keep_best` the best epoch's weights are restored when training ends (unless interrupted)."""
+    order = 10
+    def __init__(self, valid_fn: Callable, history: dict, keep_best: bool = True):
+        self.valid_fn, self.hist, self.keep_best, self.best, self.best_state = valid_fn, history, keep_best, math.inf, None
+    def after_epoch(self, learn):
+        learn.model.eval()
+        with torch.no_grad(): v = float(self.valid_fn(learn.model))
+        learn.model.train()
+        self.hist['valid'].append(v)
+        if v < self.best:
+            self.best, self.hist['best_epoch'] = v, learn.epoch
+            if self.keep_best: self.best_state = {k: t.detach().clone() for k, t in learn.model.state_dict().items()}
+    def after_fit(self, learn):
+        if self.keep_best and self.best_state is not None and not learn.interrupted: learn.model.load_state_dict(self.best_state)
+
+class DDPCB(Callback):
+    """Several processes (`torchrun`): wrap the model in `DistributedDataParallel` (gradients averaged over ranks)
+    and make every stop a vote, so all ranks stop at the same step. `find_unused_parameters` costs a graph search
+    each step; it is needed only when some parameter gets no gradient."""
+    order = -30
+    def __init__(self, device: torch.device, find_unused_parameters: bool = False):
+        self.device, self.find_unused = torch.device(device), find_unused_parameters
+    def before_fit(self, learn):
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        dev = self.device
+        learn.model = DDP(learn.model, device_ids=[dev.index] if dev.type == 'cuda' else None,
+                          find_unused_parameters=self.find_unused)
+        def agree(flag: bool) -> bool:
+            t = torch.tensor([float(flag)], device=dev if dev.type == 'cuda' else 'cpu')
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            return bool(t.item())
+        learn.agree = agree
+    def cleanup_fit(self, learn):
+        if hasattr(learn.model, 'module'): learn.model = learn.model.module
+
+# %% ../nbs/00_core.ipynb
+class _FitHistory(Callback):
+    "`fit`'s history: each step's loss, each epoch's mean loss and mean parts, and the time."
+    order = -10
+    def __init__(self, hist: dict): self.hist = hist
+    def before_fit(self, learn): self.t0 = time.perf_counter()
+    def before_epoch(self, learn): self.tot, self.n, self.parts = 0.0, 0, {}
+    def after_batch(self, learn):
+        v = learn.loss.item(); self.tot += v; self.n += 1; self.hist['step_loss'].append(v)
+        for k, x in learn.parts.items(): self.parts[k] = self.parts.get(k, 0.0) + float(x)
+    def after_epoch(self, learn):
+        self.hist['train'].append(self.tot / self.n); self.hist['parts'].append({k: v / self.n for k, v in self.parts.items()})
+
+class _TimeAndPlot(Callback):
+    "After the held-out score: the epoch's time, and the live plot."
+    order = 20
+    def __init__(self, hist, plot): self.hist, self.plot = hist, plot
+    def before_fit(self, learn): self.t0 = time.perf_counter()
+    def after_epoch(self, learn):
+        self.hist['time'].append(time.perf_counter() - self.t0)
+        if self.plot: self.plot.update(self.hist)
+
 def fit(model: nn.Module, loss_fn: Callable, train_batches: Callable[[], Iterable] | Iterable,
         epochs: int = 1, lr: float = 1e-3, opt: torch.optim.Optimizer | None = None,
         valid_fn: Callable[[nn.Module], float] | None = None, keep_best: bool = True,
         grad_clip: float | None = None, scheduler=None, progress: bool = True,
-        live_plot: bool = False, desc: str = 'fit') -> dict:
-    """Train `model` for `epochs` passes over `train_batches` (an iterable, or a function returning one).
-
-    `loss_fn(model, batch)` returns a loss tensor or `(loss, {name: float})`. After each epoch
-    `valid_fn(model)` (in eval mode, no grad) gives a held-out score, lower is better; with
+        live_plot: bool = False, desc: str = 'fit', cbs: Iterable[Callback] = ()) -> dict:
+    """Train `model` for `epochs` passes over `train_batches` (an iterable, or a function returning one): a
+    `Learner` with the usual callbacks. `loss_fn(model, batch)` returns a loss tensor or `(loss, {name: float})`.
+    After each epoch `valid_fn(model)` (in eval mode, no grad) gives a held-out score, lower is better; with
     `keep_best` the weights of the best epoch are restored at the end. Returns the history."""
     if epochs < 1: raise ValueError(f"epochs must be >= 1, got {epochs}")
-    opt = opt or torch.optim.AdamW(model.parameters(), lr=lr)
     hist = {'step_loss': [], 'train': [], 'valid': [], 'parts': [], 'time': [], 'best_epoch': None}
-    best, best_state, t0 = math.inf, None, time.perf_counter()
     plot = _LivePlot(desc) if live_plot and _in_notebook() else None
-    for epoch in range(epochs):
-        model.train(); tot, n, parts_sum = 0.0, 0, {}
-        batches = train_batches() if callable(train_batches) else train_batches
-        for batch in _bar(batches, desc=f"{desc} {epoch+1}/{epochs}", disable=not progress):
-            out = loss_fn(model, batch)
-            loss, parts = out if isinstance(out, tuple) else (out, {})
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch+1}, step {n+1}")
-            opt.zero_grad(set_to_none=True); loss.backward()
-            if grad_clip: nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-            if scheduler is not None: scheduler.step()
-            tot += loss.item(); n += 1; hist['step_loss'].append(loss.item())
-            for k, v in parts.items(): parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
-        if n == 0: raise ValueError(f"{desc}: train_batches yielded no batch")
-        hist['train'].append(tot / n); hist['parts'].append({k: v / n for k, v in parts_sum.items()})
-        if valid_fn is not None:
-            model.eval()
-            with torch.no_grad(): v = float(valid_fn(model))
-            hist['valid'].append(v)
-            if v < best:
-                best, hist['best_epoch'] = v, epoch
-                if keep_best: best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        hist['time'].append(time.perf_counter() - t0)
-        if plot: plot.update(hist)
-    if keep_best and best_state is not None: model.load_state_dict(best_state)
-    model.eval()
+    cbs = [ProgressCB(desc, disable=not progress), _FitHistory(hist), _TimeAndPlot(hist, plot), *cbs]
+    if grad_clip: cbs.append(GradClipCB(grad_clip))
+    if scheduler is not None: cbs.append(SchedulerCB(scheduler))
+    if valid_fn is not None: cbs.append(ValidCB(valid_fn, hist, keep_best))
+    batches_of = (lambda epoch: train_batches()) if callable(train_batches) else train_batches
+    Learner(model, loss_fn, batches_of, opt=opt, lr=lr, cbs=cbs, desc=desc).fit(epochs)
     return hist
 
 # %% ../nbs/00_core.ipynb

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fastcore.basics import patch
 
-from .core import Config
+from .core import Config, Learner
 from .vq import VectorQuantizer
 
 # %% auto 0
@@ -267,14 +267,15 @@ def optimise_ifs(targets: torch.Tensor, init_raw: torch.Tensor, steps: int = 200
     """Adam on each target's own IFS parameters under the differentiable `render_ifs_soft`
     (with a learnable colour per map when `color`). Returns `(raw, colors or None, soft_mse [N])`."""
     N, C, p, _ = targets.shape
-    raw = init_raw.clone().requires_grad_(True)
-    col_logit = torch.zeros(N, raw.shape[1], 3, device=targets.device, requires_grad=True) if color else None
-    opt = torch.optim.Adam([raw] + ([col_logit] if color else []), lr=lr)
+    fitted = nn.Module()                                  # each target's own parameters, as a module the Learner trains
+    fitted.raw = nn.Parameter(init_raw.clone())
+    fitted.col_logit = nn.Parameter(torch.zeros(N, init_raw.shape[1], 3, device=targets.device)) if color else None
+    raw, col_logit = fitted.raw, fitted.col_logit
     g = torch.Generator(targets.device).manual_seed(seed)
-    for _ in range(steps):
-        r = render_ifs_soft(affine_maps(raw), torch.sigmoid(col_logit) if color else None, p, n_steps=n_steps, generator=g)
-        loss = ((r - targets) ** 2).flatten(1).mean(1)
-        opt.zero_grad(); loss.sum().backward(); opt.step()
+    def loss(m, _):
+        r = render_ifs_soft(affine_maps(m.raw), torch.sigmoid(m.col_logit) if color else None, p, n_steps=n_steps, generator=g)
+        return ((r - targets) ** 2).flatten(1).mean(1).sum()   # the sum: each target's gradient is its own loss's
+    if steps > 0: Learner(fitted, loss, range(steps), opt=torch.optim.Adam([raw] + ([col_logit] if color else []), lr=lr), desc='optimise_ifs').fit(1)
     with torch.no_grad():
         r = render_ifs_soft(affine_maps(raw), torch.sigmoid(col_logit) if color else None, p, n_steps=n_steps, generator=g)
         mse = ((r - targets) ** 2).flatten(1).mean(1)

@@ -5,7 +5,7 @@
 # %% ../nbs/09_lm.ipynb 24
 from __future__ import annotations
 
-import json, math, os, re, signal, time, warnings
+import json, math, os, re, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +13,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .core import (Config, CheckpointError, batches, cached, get_device, load_checkpoint, progress,
-                      save_checkpoint, seed_everything)
+from .core import (Callback, CheckpointCB, Config, CheckpointError, DDPCB, GradClipCB, InterruptCB, Learner,
+                      LRScheduleCB, ProgressCB, TimeBudgetCB, batches, cached, get_device, load_checkpoint,
+                      save_checkpoint, seed_everything, warmup_cosine)
 from fastcore.basics import patch
 
 from .data import DataFileError, Vocabulary, tokenize_words
@@ -22,9 +23,9 @@ from .diffusion import (AbsorbingProcess, PatternDenoiser, TokenDenoiser, ancest
                            ar_loss, ar_sample, heldout_bound, make_ar_model, maskgit_sample, stratified_times)
 
 # %% auto 0
-__all__ = ['MODELS', 'TOKENIZERS', 'PATTERNS', 'LM_KIND', 'BLANK', 'LMConfig', 'WordTokenizer', 'BPETokenizer', 'make_tokenizer',
-           'tokenizer_from_state', 'split_corpus', 'as_sequences', 'make_pattern_table', 'VisualTokenLM', 'lr_factor',
-           'dist_world', 'init_distributed', 'plot_history', 'train_lm']
+__all__ = ['MODELS', 'TOKENIZERS', 'PATTERNS', 'LM_KIND', 'lr_factor', 'BLANK', 'LMConfig', 'WordTokenizer', 'BPETokenizer',
+           'make_tokenizer', 'tokenizer_from_state', 'split_corpus', 'as_sequences', 'make_pattern_table',
+           'VisualTokenLM', 'dist_world', 'init_distributed', 'plot_history', 'train_lm']
 
 # %% ../nbs/09_lm.ipynb
 MODELS, TOKENIZERS, PATTERNS = ('diffusion', 'ar'), ('word', 'bpe'), ('none', 'arbitrary', 'grounded')
@@ -255,23 +256,7 @@ class _Objective(nn.Module):
         ce = -(lp * ~keep).sum(1)
         return (ce * -lm.process.schedule.dalpha(t).to(ce.device)).sum() * (world / n_masked)
 
-def lr_factor(frac: float, step: int, warmup: int) -> float:
-    "Linear warm-up over `warmup` steps, then cosine decay to 0.1 of the peak at `frac` = 1 (08's schedule)."
-    return min(1.0, (step + 1) / max(1, warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, max(0.0, frac)))))
-
-class _StopFlag:
-    "Ctrl-C while training: the first sets a flag the loop reads after each step (a resumable checkpoint follows); a second aborts."
-    def __init__(self): self.stop, self._old = False, None
-    def _handle(self, *_):
-        if self.stop: raise KeyboardInterrupt
-        self.stop = True
-        print("\ninterrupted: finishing this step, then writing a resumable checkpoint (Ctrl-C again aborts)", flush=True)
-    def __enter__(self):
-        try: self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError: self._old = None          # not the main thread: Ctrl-C keeps its usual meaning
-        return self
-    def __exit__(self, *exc):
-        if self._old is not None: signal.signal(signal.SIGINT, self._old)
+lr_factor = warmup_cosine  # the one warm-up + cosine schedule (vtd.core), under the name this module has always given it
 
 def dist_world() -> tuple[int, int]:
     "(rank, world size) of the initialised process group, or (0, 1)."
@@ -288,13 +273,6 @@ def init_distributed(device: torch.device) -> torch.device:
         device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0'))); torch.cuda.set_device(device)
     if not dist.is_initialized(): dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return device
-
-def _any_rank(flag: bool, world: int, device) -> bool:
-    if world == 1: return flag
-    import torch.distributed as dist
-    t = torch.tensor([float(flag)], device=device if device.type == 'cuda' else 'cpu')
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 def _plain_optimizer(state: dict) -> dict: return {'state': {str(k): v for k, v in state['state'].items()}, 'param_groups': state['param_groups']}
 def _torch_optimizer(state: dict) -> dict: return {'state': {int(k): v for k, v in state['state'].items()}, 'param_groups': state['param_groups']}
@@ -319,17 +297,85 @@ def _new_history() -> dict:
     return dict(step_loss=[], epoch=[], valid_step=[], valid_bits=[], valid_stderr=[], train_loss=[], tokens_per_s=[],
                 elapsed=[], samples=[], best_epoch=None, best_bits=None, interrupted=False, steps=0)
 
+class _LMRecord(Callback):
+    """The language model's own bookkeeping around the one loop: each step's dropout seed (so a resumed run draws
+    what an uninterrupted one draws), tokens and training seconds, and the held-out score (rank 0) at the end of
+    each epoch, or every `eval_every` steps, with its log line, samples, best weights and `best.pt`."""
+    order = 10
+    def __init__(self, lm, hist, valid_seqs, per_epoch, tokens_per_step, out, main, keep_best, samples, sample_steps,
+                 eval_every, log):
+        self.lm, self.hist, self.valid_seqs, self.per_epoch, self.tokens_per_step = lm, hist, valid_seqs, per_epoch, tokens_per_step
+        self.out, self.main, self.keep_best, self.samples, self.sample_steps = out, main, keep_best, samples, sample_steps
+        self.eval_every, self.log = eval_every, log
+        self.train_seconds, self.tokens, self.losses, self.best_state = 0.0, 0, [], None
+    def before_epoch(self, learn): self.losses = []
+    def before_batch(self, learn):
+        self.t0 = time.perf_counter()
+        torch.manual_seed(self.lm.cfg.seed * 1_000_003 + learn.step)       # dropout: the same draws after a resume
+    def after_step(self, learn): self.train_seconds += time.perf_counter() - self.t0
+    def after_batch(self, learn):
+        self.losses.append(learn.loss.item()); self.hist['step_loss'].append(self.losses[-1])
+        self.tokens += self.tokens_per_step
+        if self.eval_every and learn.step % self.eval_every == 0: self.evaluate(learn, learn.epoch + learn.batch_i / self.per_epoch)
+    def after_epoch(self, learn):
+        if self.eval_every and not learn.stop: return                     # scored every eval_every steps, and at the end
+        if not (self.eval_every and self.hist['valid_step'] and self.hist['valid_step'][-1] == learn.step):
+            self.evaluate(learn, learn.epoch + (learn.batch_i / self.per_epoch if learn.batch_i < self.per_epoch else 1))
+    def after_fit(self, learn):
+        if self.eval_every and not learn.interrupted and (not self.hist['valid_step'] or self.hist['valid_step'][-1] != learn.step):
+            self.evaluate(learn, learn.epoch + learn.batch_i / self.per_epoch)
+        self.hist['steps'], self.hist['interrupted'] = learn.step, learn.interrupted
+    def postfix(self, learn):
+        return (f", {self.tokens / max(self.train_seconds, 1e-9):,.0f} tok/s"
+                + (f", held-out {self.hist['valid_bits'][-1]:.3f} bits" if self.hist['valid_bits'] else ''))
+
+    def evaluate(self, learn, epoch: float):
+        if not self.main: return
+        hist, lm = self.hist, self.lm
+        r = lm.heldout_bits(self.valid_seqs, n_t=2)
+        hist['epoch'].append(epoch)
+        hist['valid_step'].append(learn.step); hist['valid_bits'].append(r['bits_per_token']); hist['valid_stderr'].append(r['stderr'])
+        hist['train_loss'].append(sum(self.losses) / max(1, len(self.losses))); self.losses = []
+        hist['tokens_per_s'].append(self.tokens / max(self.train_seconds, 1e-9)); hist['elapsed'].append(learn.elapsed)
+        if self.samples:
+            texts = lm.generate(num_samples=self.samples, steps=self.sample_steps, seed=len(hist['epoch']))
+            hist['samples'].append({'epoch': hist['epoch'][-1], 'texts': texts})
+        improved = hist['best_bits'] is None or r['bits_per_token'] < hist['best_bits']
+        if improved:
+            hist['best_bits'], hist['best_epoch'] = r['bits_per_token'], hist['epoch'][-1]
+            if self.keep_best and self.out is None: self.best_state = {k: v.detach().clone() for k, v in lm.net.state_dict().items()}
+            if self.out is not None: lm.save(self.out / 'best.pt')
+        self.log(f"epoch {hist['epoch'][-1]:.2f}: train loss {hist['train_loss'][-1]:.3f} nats/token, held-out {r['bits_per_token']:.3f} "
+                 f"± {r['stderr']:.3f} bits/token, {hist['tokens_per_s'][-1]:,.0f} tokens/s" + (' (best)' if improved else ''))
+
+class _RunFolder:
+    "What `train_lm` writes to its folder: `last.pt` (resumable: the weights and the run's position), history, curve, samples."
+    def __init__(self, lm, out, record, epochs, minutes):
+        self.lm, self.out, self.record, self.epochs, self.minutes, self.last_plot = lm, out, record, epochs, minutes, -math.inf
+    def run_state(self, learn) -> dict:
+        return dict(step=learn.step, epoch=learn.epoch, batch=learn.batch_i, elapsed=learn.elapsed,
+                    train_seconds=self.record.train_seconds, tokens=self.record.tokens,
+                    optimizer=_plain_optimizer(learn.opt.state_dict()), history=self.record.hist, epochs=self.epochs, minutes=self.minutes)
+    def __call__(self, learn, final: bool = False):
+        out, hist = self.out, self.record.hist
+        self.lm.save(out / 'last.pt', extra={'run': self.run_state(learn)})
+        (out / 'history.json').write_text(json.dumps({**hist, 'config': self.lm.cfg.asdict()}, indent=1))
+        if final or time.perf_counter() - self.last_plot > 60:   # the curve is redrawn at most once a minute, and at the end
+            plot_history(hist, out / 'loss.png'); self.last_plot = time.perf_counter()
+        with open(out / 'samples.txt', 'w', encoding='utf-8') as f:
+            for s in hist['samples']: f.write(f"== epoch {s['epoch']:.2f}\n" + '\n'.join(f"- {t}" for t in s['texts']) + '\n')
+
 def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int | None = None, minutes: float | None = None,
              out=None, resume: dict | None = None, show_progress: bool = True, samples_per_epoch: int = 0,
              sample_steps: int = 32, keep_best: bool = True, stop_at_step: int | None = None, log=print) -> dict:
-    """Train `lm` on `train_ids`, scoring `valid_ids` after each epoch; returns the history.
+    """Train `lm` on `train_ids`, scoring `valid_ids` after each epoch (or every `cfg.eval_every` steps); returns the history.
 
     The budget is `epochs` or `minutes` (default: the config's). Each step's noise, dropout and each epoch's order
     come from seeds of the step and epoch, so a run stopped and resumed (`resume`: the `run` entry of a last
     checkpoint) ends with the weights of one that was not. With `out` (a folder), rank 0 writes `best.pt` (best
-    held-out bits), `last.pt` (resumable), `history.json`, `loss.png` and `samples.txt` after every epoch. Ctrl-C
-    (or `stop_at_step`) stops after the current step and leaves `last.pt` resumable. Under `torchrun` each rank
-    trains on its rows of every global batch and DDP averages the gradients."""
+    held-out bits), `last.pt` (resumable), `history.json`, `loss.png` and `samples.txt` at each score. Ctrl-C,
+    SIGTERM (or `stop_at_step`) stop after the current step and leave `last.pt` resumable. Under `torchrun` each
+    rank trains on its rows of every global batch and DDP averages the gradients. The loop is `vtd.core.Learner`."""
     cfg = lm.cfg
     rank, world = dist_world()
     main, dev, L = rank == 0, lm.device, cfg.seq_len
@@ -343,98 +389,37 @@ def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int |
     B = min(cfg.batch_size, len(train_seqs)) // world * world
     if B < world: raise DataFileError(f"{len(train_seqs)} training sequence(s) cannot give each of {world} ranks a row")
     per_epoch = len(train_seqs) // B
-    total = None if epochs is None else epochs * per_epoch
     opt = torch.optim.AdamW(lm.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    objective = _Objective(lm)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        objective = DDP(objective, device_ids=[dev.index] if dev.type == 'cuda' else None, find_unused_parameters=True)
-    run = dict(step=0, epoch=0, batch=0, elapsed=0.0, train_seconds=0.0, tokens=0)
     hist = _new_history()
-    if resume is not None:
-        opt.load_state_dict(_torch_optimizer(resume['optimizer']))
-        run.update({k: resume[k] for k in run}); hist.update(resume['history']); hist['interrupted'] = False
-    best_state = None
     out = Path(out) if out is not None else None
     if out is not None and main: out.mkdir(parents=True, exist_ok=True)
+    record = _LMRecord(lm, hist, valid_seqs, per_epoch, B * L, out, main, keep_best, samples_per_epoch, sample_steps,
+                       getattr(cfg, 'eval_every', None), log)
 
-    def run_state():
-        return {**run, 'optimizer': _plain_optimizer(opt.state_dict()), 'history': hist, 'epochs': epochs, 'minutes': minutes}
+    def epoch_batches(epoch: int):
+        return batches(train_seqs, batch_size=B, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch), drop_last=True)
+    def loss(objective, x0):
+        return objective(x0, cfg.seed * 1_000_003 + learn.step + 1, rank, world)   # the noise: a seed of the step
 
-    def end_of_epoch(losses):
-        nonlocal best_state
-        r = lm.heldout_bits(valid_seqs, n_t=2)
-        hist['epoch'].append(run['epoch'] + (run['batch'] / per_epoch if run['batch'] < per_epoch else 1))
-        hist['valid_step'].append(run['step']); hist['valid_bits'].append(r['bits_per_token']); hist['valid_stderr'].append(r['stderr'])
-        hist['train_loss'].append(sum(losses) / max(1, len(losses)))
-        hist['tokens_per_s'].append(run['tokens'] / max(run['train_seconds'], 1e-9)); hist['elapsed'].append(run['elapsed'])
-        if samples_per_epoch:
-            texts = lm.generate(num_samples=samples_per_epoch, steps=sample_steps, seed=len(hist['epoch']))
-            hist['samples'].append({'epoch': hist['epoch'][-1], 'texts': texts})
-        improved = hist['best_bits'] is None or r['bits_per_token'] < hist['best_bits']
-        if improved:
-            hist['best_bits'], hist['best_epoch'] = r['bits_per_token'], hist['epoch'][-1]
-            if keep_best and out is None: best_state = {k: v.detach().clone() for k, v in lm.net.state_dict().items()}
-        if out is not None:
-            if improved: lm.save(out / 'best.pt')
-            write_run(out)
-        log(f"epoch {hist['epoch'][-1]:.2f}: train loss {hist['train_loss'][-1]:.3f} nats/token, held-out {r['bits_per_token']:.3f} "
-            f"± {r['stderr']:.3f} bits/token, {hist['tokens_per_s'][-1]:,.0f} tokens/s" + (' (best)' if improved else ''))
-
-    last_plot = [-math.inf]
-    def write_run(out, final=False):
-        lm.save(out / 'last.pt', extra={'run': run_state()})
-        (out / 'history.json').write_text(json.dumps({**hist, 'config': cfg.asdict()}, indent=1))
-        if final or time.perf_counter() - last_plot[0] > 60:   # the curve is redrawn at most once a minute, and at the end
-            plot_history(hist, out / 'loss.png'); last_plot[0] = time.perf_counter()
-        with open(out / 'samples.txt', 'w', encoding='utf-8') as f:
-            for s in hist['samples']: f.write(f"== epoch {s['epoch']:.2f}\n" + '\n'.join(f"- {t}" for t in s['texts']) + '\n')
-
-    t_start, elapsed0 = time.perf_counter(), run['elapsed']
-    stopped = False
-    with _StopFlag() as flag:
-        while not stopped:
-            if epochs is not None and run['epoch'] >= epochs: break
-            if minutes is not None and run['elapsed'] >= minutes * 60: break
-            order = batches(train_seqs, batch_size=B, generator=torch.Generator().manual_seed(cfg.seed * 7919 + run['epoch']), drop_last=True)
-            bar = progress(None, total=per_epoch, desc=f"epoch {run['epoch'] + 1}" + (f"/{epochs}" if epochs else ''),
-                           disable=not (show_progress and main))
-            bar.update(run['batch'])
-            lm.net.train(); losses = []
-            for i, x0 in enumerate(order):
-                if i < run['batch']: continue
-                t0 = time.perf_counter()
-                frac = run['step'] / total if total else run['elapsed'] / (minutes * 60)
-                for group in opt.param_groups: group['lr'] = cfg.lr * lr_factor(frac, run['step'], cfg.warmup)
-                seed = cfg.seed * 1_000_003 + run['step']
-                torch.manual_seed(seed)                                  # dropout: the same draws after a resume
-                loss = objective(x0, seed + 1, rank, world)
-                if not torch.isfinite(loss): raise FloatingPointError(f"loss became {loss.item()} at step {run['step'] + 1}")
-                opt.zero_grad(set_to_none=True); loss.backward()
-                if cfg.grad_clip: nn.utils.clip_grad_norm_(lm.net.parameters(), cfg.grad_clip)
-                opt.step()
-                losses.append(loss.item()); hist['step_loss'].append(losses[-1])
-                run['step'] += 1; run['batch'] = i + 1; run['tokens'] += B * L
-                run['train_seconds'] += time.perf_counter() - t0
-                run['elapsed'] = elapsed0 + time.perf_counter() - t_start
-                bar.update(1)
-                bar.set_postfix_str(f"loss {losses[-1]:.3f}, {run['tokens'] / run['train_seconds']:,.0f} tok/s"
-                                    + (f", held-out {hist['valid_bits'][-1]:.3f} bits" if hist['valid_bits'] else ''))
-                over = minutes is not None and run['elapsed'] >= minutes * 60
-                stop = flag.stop or (stop_at_step is not None and run['step'] >= stop_at_step)
-                if _any_rank(stop or over, world, dev):
-                    stopped = _any_rank(stop, world, dev); break
-            bar.close()
-            if stopped: break
-            if run['batch'] >= per_epoch or minutes is not None:
-                if main: end_of_epoch(losses)
-                if run['batch'] >= per_epoch: run['epoch'] += 1; run['batch'] = 0
-    hist['steps'], hist['interrupted'] = run['step'], stopped
-    if stopped:
-        if main and out is not None:
-            write_run(out, final=True); log(f"stopped at step {run['step']}: {out / 'last.pt'} is resumable (vtd train ... --resume)")
-    elif main and out is not None: write_run(out, final=True)
-    if best_state is not None and not stopped: lm.net.load_state_dict(best_state)
+    cbs = [ProgressCB('train', postfix=record.postfix, disable=not (show_progress and main)), record,
+           LRScheduleCB(cfg.lr, cfg.warmup, **({'seconds': minutes * 60} if minutes is not None else {'total_steps': epochs * per_epoch})),
+           InterruptCB(at_step=stop_at_step)]
+    if cfg.grad_clip: cbs.append(GradClipCB(cfg.grad_clip))
+    if minutes is not None: cbs.append(TimeBudgetCB(minutes * 60))
+    if world > 1: cbs.append(DDPCB(dev, find_unused_parameters=True))
+    if out is not None and main:
+        folder = _RunFolder(lm, out, record, epochs, minutes)
+        cbs.append(CheckpointCB(folder, every=getattr(cfg, 'eval_every', None), each_epoch=not getattr(cfg, 'eval_every', None)))
+    learn = Learner(_Objective(lm), loss, epoch_batches, opt=opt, cbs=cbs, desc='train')
+    if resume is not None:
+        opt.load_state_dict(_torch_optimizer(resume['optimizer']))
+        learn.step, learn.epoch, learn.batch_i, learn.elapsed = resume['step'], resume['epoch'], resume['batch'], resume['elapsed']
+        record.train_seconds, record.tokens = resume['train_seconds'], resume['tokens']
+        hist.update(resume['history']); hist['interrupted'] = False
+    learn.fit(epochs)
+    if learn.interrupted and main and out is not None:
+        log(f"stopped at step {learn.step}: {out / 'last.pt'} is resumable (vtd train ... --resume)")
+    if record.best_state is not None and not learn.interrupted: lm.net.load_state_dict(record.best_state)
     lm.net.eval()
     return hist
 

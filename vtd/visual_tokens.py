@@ -16,7 +16,7 @@ from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .core import Config, cached, progress as _bar
+from .core import Callback, Config, Learner, ProgressCB, cached
 
 # %% auto 0
 __all__ = ['CLIP_DEFAULT', 'cells_to_patterns', 'patterns_to_cells', 'flip_cells', 'show_patterns', 'pattern_uniqueness',
@@ -389,24 +389,25 @@ def fit_patterns(codec: _TrainablePatterns, cfg: PatternFitConfig | None = None,
         for k, v in zip(('step', 'acc', 'phase', 'time'), (step, acc, phase, time.perf_counter() - t0)): hist[k].append(v)
         return acc
     codec.unfreeze(); codec.train()
-    opt = torch.optim.Adam(codec.parameters(), lr=lr)
-    for step in _bar(range(steps), desc=f'fit {type(codec).__name__} V={V}', disable=not progress):
-        ids = sample()
-        loss = F.nll_loss(codec(ids, gumbel_temperature(step, steps, *tau)), ids)
-        if not torch.isfinite(loss): raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}")
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        if (step + 1) % eval_every == 0 and log(step + 1, 'joint') == 1.0:
-            hist['steps_to_100'] = step + 1; break                            # 100% implies the hard patterns are injective
-    done = step + 1
+    class Converged(Callback):   # score every `eval_every` steps; stop at 100% (which implies injective hard patterns)
+        def __init__(self, phase, offset): self.phase, self.offset = phase, offset
+        def after_batch(self, learn):
+            if learn.step % eval_every == 0 and log(self.offset + learn.step, self.phase) == 1.0:
+                hist['steps_to_100'] = self.offset + learn.step; learn.stop = 'converged'
+    joint = lambda codec, ids: F.nll_loss(codec(ids, gumbel_temperature(learn.step, steps, *tau)), ids)
+    learn = Learner(codec, joint, lambda epoch: (sample() for _ in range(steps)), opt=torch.optim.Adam(codec.parameters(), lr=lr),
+                    cbs=[ProgressCB(f'fit {type(codec).__name__} V={V}', total=steps, disable=not progress), Converged('joint', 0)],
+                    desc='fit_patterns')
+    learn.fit(1)
+    done = learn.step
     hist['freeze'] = codec.freeze(resolve=True)
     if hist['steps_to_100'] is None and log(done, 'frozen') == 1.0: hist['steps_to_100'] = done
-    opt = torch.optim.Adam(codec.decoder.parameters(), lr=lr)
-    for s in _bar(range(decoder_steps if hist['steps_to_100'] is None else 0), desc='decoder on frozen patterns', disable=not progress):
-        ids = sample()
-        loss = F.cross_entropy(codec.decoder(cells_to_patterns(codec.frozen[ids], codec.grid, codec.colors)), ids)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        if (s + 1) % eval_every == 0 and log(done + s + 1, 'decoder') == 1.0:
-            hist['steps_to_100'] = done + s + 1; break
+    if hist['steps_to_100'] is None and decoder_steps > 0:   # the decoder alone, on the frozen patterns
+        on_frozen = lambda decoder, ids: F.cross_entropy(decoder(cells_to_patterns(codec.frozen[ids], codec.grid, codec.colors)), ids)
+        Learner(codec.decoder, on_frozen, lambda epoch: (sample() for _ in range(decoder_steps)),
+                opt=torch.optim.Adam(codec.decoder.parameters(), lr=lr),
+                cbs=[ProgressCB('decoder on frozen patterns', total=decoder_steps, disable=not progress), Converged('decoder', done)],
+                desc='fit_patterns (decoder)').fit(1)
     codec.eval()
     hist['final_acc'] = codec.accuracy()
     hist['seconds'], hist['cpu_seconds'] = time.perf_counter() - t0, time.process_time() - c0   # wall clock, and CPU time of all threads

@@ -21,8 +21,7 @@ from .metrics import distinct_n, unigram_entropy_bits  # the generation yardstic
 __all__ = ['TextModelConfig', 'check_time', 'LogLinearSchedule', 'CosineSchedule', 'DiscreteProcess', 'AbsorbingProcess',
            'UniformProcess', 'TokenDenoiser', 'PatternEmbedding', 'PatternDenoiser', 'stratified_times',
            'masked_diffusion_loss', 'discrete_time_loss', 'heldout_bound', 'make_ar_model', 'ar_loss',
-           'ar_heldout_bits', 'categorical', 'gumbel_argmax_float32', 'gumbel_float32_reveal_distribution',
-           'ancestral_sample', 'maskgit_sample', 'ar_sample', 'transformer_flops']
+           'ar_heldout_bits', 'categorical', 'ancestral_sample', 'maskgit_sample', 'ar_sample', 'transformer_flops']
 
 # %% ../nbs/08_diffusion.ipynb
 @dataclass(frozen=True)
@@ -490,31 +489,6 @@ def categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
     u = _uniform(total.shape, generator, p.device).to(p.device) * total
     idx = torch.searchsorted(cdf, u, right=True).clamp_max(p.shape[-1] - 1)
     return idx.reshape(probs.shape[:-1])
-
-# %% ../nbs/08_diffusion.ipynb
-def gumbel_argmax_float32(probs: torch.Tensor, generator=None) -> torch.Tensor:
-    "The float32 Gumbel-max draw many samplers use (for the demonstration only: it truncates the tail)."
-    where = generator.device if generator is not None else probs.device
-    u = torch.rand(probs.shape, generator=generator, dtype=torch.float32, device=where).to(probs.device)
-    g = -torch.log(-torch.log(u.clamp_min(1e-10)))
-    return (probs.float().clamp_min(1e-30).log() + g).argmax(-1)
-
-# %% ../nbs/08_diffusion.ipynb
-def gumbel_float32_reveal_distribution(p: torch.Tensor, steps: int, n_quantiles: int = 2048) -> torch.Tensor:
-    """Which token a float32 Gumbel-max draw reveals, at the first step of a `steps`-step masked sampler
-    (each token offered p(v)/steps beside the mask's 1 - 1/steps), computed on the exact grid of float32
-    noise values `gumbel_argmax_float32` can produce (2^24 of them). Exact arithmetic would give `p`."""
-    u = (torch.arange(2**24, dtype=torch.float32) * 2.0**-24).clamp_min(1e-10)
-    grid = -torch.log(-torch.log(u))                                          # every float32 noise value, sorted
-    q = torch.as_tensor(p, dtype=torch.float64) / steps
-    d = math.log(1 - 1 / steps) - q.log()                                   # each token's log-deficit to the mask
-    g_mask = grid[((torch.arange(n_quantiles) + 0.5) / n_quantiles * 2**24).long()].double()  # mask's noise, by quantile
-    win = torch.zeros_like(q)
-    for chunk in torch.split(torch.arange(len(q)), 256):
-        need = (g_mask[None, :] + d[chunk, None]).float()                       # token noise must exceed this
-        above = 2**24 - torch.searchsorted(grid, need.contiguous(), right=True)
-        win[chunk] = above.double().mean(1) / 2**24
-    return win / win.sum()
 
 # %% ../nbs/08_diffusion.ipynb
 def _draw_x0(denoiser, x_t, t, generator, temperature=1.0, class_label=None):

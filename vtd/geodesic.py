@@ -444,9 +444,9 @@ def build_codebook(latents: LatentSet, codebook_size: int, kind: str, graph=None
         labels = np.full(len(X), -1, dtype=np.int64); labels[idx] = r.labels
         labels, n_unreachable = fill_unreachable(X, X[torch.as_tensor(medoids, device=X.device)], labels)
     else: raise ValueError(f"kind must be 'euclidean' or 'geodesic', got {kind!r}")
-    dist = r.dist[np.isfinite(r.dist)]
-    info = {'n_vectors': len(X), 'n_unreachable': n_unreachable, 'iterations': r.n_iter, 'objective': r.history[-1],
-            'seed_style_error': float((dist ** 2).sum()), 'kmedoids_seconds': time.perf_counter() - t0,
+    info = {'n_vectors': len(X), 'n_unreachable': n_unreachable, 'iterations': r.n_iter,
+            'objective': r.history[-1],   # sum of squared distances (latent, or path length) over the reached vectors
+            'kmedoids_seconds': time.perf_counter() - t0,
             'train_codes': torch.as_tensor(labels)}
     return Codebook(X[torch.as_tensor(medoids, device=X.device)], kind, info)
 

@@ -13,7 +13,7 @@ from torch import nn
 from fastcore.basics import patch
 import torch.nn.functional as F
 
-from .core import Config
+from .core import Config, module_device
 from .transformer import Transformer, TransformerConfig, generate
 from .metrics import distinct_n, unigram_entropy_bits  # the generation yardsticks live in vtd.metrics
 
@@ -333,12 +333,6 @@ def decode_cells(self: PatternDenoiser, cells: torch.Tensor):
     return best.indices.reshape(cells.shape[:-1]), (best.values < 0.5).reshape(cells.shape[:-1])
 
 # %% ../nbs/08_diffusion.ipynb
-def _device_of(module) -> torch.device:
-    "Where a module's parameters (or buffers) live; the CPU for one that has none."
-    for p in module.parameters(): return p.device
-    for b in module.buffers(): return b.device
-    return torch.device('cpu')
-
 def stratified_times(n: int, generator=None) -> torch.Tensor:
     "n times in (0, 1], one per stratum [k/n, (k+1)/n) with a shared random offset (low-discrepancy t)."
     where = generator.device if generator is not None else 'cpu'   # times live on the CPU (or the generator's device)
@@ -422,7 +416,7 @@ def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | 
     if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
     if T is None and process.kind != 'absorbing': raise ValueError("the continuous-time bound here is for the absorbing process; pass T")
     g = torch.Generator().manual_seed(seed)   # on the CPU: the same times and masks on every device
-    dev = _device_of(denoiser)
+    dev = module_device(denoiser)
     was_training = denoiser.training; denoiser.eval()
     per_seq = []
     for b in range(0, len(data), batch_size):
@@ -531,7 +525,7 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
     words around a blank); with the uniform process the generated positions start from uniform noise and
     the given ones are restored after every step, so the denoiser always sees them clean."""
     _check_sampling(denoiser, n, length, steps)
-    dev = _device_of(denoiser)
+    dev = module_device(denoiser)
     V, mask_id = process.vocab_size, process.vocab_size
     given = None if x_init is None else _check_x_init(x_init, process, n, length, dev)
     free = None if given is None else given == mask_id          # the positions to generate
@@ -580,7 +574,7 @@ def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, ste
     those are generated, every other position is kept exactly)."""
     _check_sampling(denoiser, n, length, steps)
     if process.kind != 'absorbing': raise ValueError("MaskGIT sampling needs the absorbing process")
-    dev = _device_of(denoiser)
+    dev = module_device(denoiser)
     x = (torch.full((n, length), process.mask_id, dtype=torch.long, device=dev) if x_init is None
          else _check_x_init(x_init, process, n, length, dev).clone())
     was_training = denoiser.training; denoiser.eval()

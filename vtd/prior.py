@@ -305,11 +305,10 @@ def get_code_prior(grids: dict, codebook, n_classes: int, cfg: PriorConfig, seed
     device = None if device is None else get_device(device)   # 'auto' or a name, as vtd.core.get_device takes
     def make():
         prior, hist = train_prior(grids['train'], grids['valid'], cfg, n_classes, seed, device, progress, desc)
-        return {**{f'weights.{k}': v for k, v in prior.state_dict().items()},
-                'history': {k: hist[k] for k in ('train', 'valid', 'best_epoch', 'time')}}
+        prior.history = {k: hist[k] for k in ('train', 'valid', 'best_epoch', 'time')}
+        return prior
+    build = lambda: CodePrior(len(codebook.vectors), n_classes=n_classes, p_uncond=cfg.p_uncond, **cfg.model)
     data = [grids[p].codes for p in ('train', 'valid')] + [grids[p].labels for p in ('train', 'valid')]
-    out = cached('code_prior', cfg, make, data=data, upstream=(codebook_signature(codebook), int(n_classes), int(seed)),
-                 device=device, verbose=verbose)
-    prior = CodePrior(len(codebook.vectors), n_classes=n_classes, p_uncond=cfg.p_uncond, **cfg.model).to(device or 'cpu')
-    prior.load_state_dict({k[len('weights.'):]: v for k, v in out.items() if k.startswith('weights.')})
-    return prior.eval(), out['history']
+    prior = cached('code_prior', cfg, make, build, data=data, upstream=(codebook_signature(codebook), int(n_classes), int(seed)),
+                   verbose=verbose)
+    return prior.to(device or 'cpu').eval(), prior.history

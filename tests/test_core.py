@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from vtd.core import (CheckpointError, Config, batches, cached, fingerprint, fit, get_device, load_checkpoint, psnr,
-                      record_results, save_checkpoint, seed_everything, ssim)
+from vtd.core import (CheckpointError, Config, batches, cached, fingerprint, fit, get_device, load_checkpoint,
+                      record_results, save_checkpoint, seed_everything)
 from vtd.tour import format_results_table, run_notebook
 
 
@@ -84,15 +84,6 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path):
         save_checkpoint(p, m, {'a': object()})
     assert p.read_bytes() == before
     assert [f.name for f in tmp_path.iterdir()] == ['m.pt'], "a temporary file was left behind"
-
-
-def test_psnr_ssim():
-    a = torch.rand(3, 1, 16, 16)
-    b = a.clone(); b[0] = 0
-    assert psnr(a, b, reduction='pooled') < psnr(a, b)  # pooled MSE is dominated by the bad image
-    assert abs(psnr(a, a + 0.1, data_range=1.0) - 20.0) < 1e-6  # MSE 0.01 is exactly 20 dB
-    assert ssim(a, a) > 0.999 and ssim(a, torch.rand_like(a)) < 0.5
-    with pytest.raises(ValueError, match='shapes differ'): psnr(a, a[:2])
 
 
 def test_record_results_writes_json(tmp_path, monkeypatch):
@@ -193,6 +184,25 @@ def test_cached_retrains_exactly_when_its_key_changes(tmp_path, capsys):
     g = cached('same', _Cfg(), lambda: 1 / 0, data=fingerprint(x), upstream=fingerprint(up), cache_dir=tmp_path)
     assert torch.equal(f['v'], g['v'])
 
+
+
+def test_cached_module_keeps_its_history_and_comes_back_the_same_either_way(tmp_path):
+    "A module's kept attributes (its history, by default) are stored beside its weights, not packed into them."
+    def make():
+        torch.manual_seed(0); m = nn.Linear(3, 2); m.history = {'train': [0.5, 0.25], 'best_epoch': 1}; m.score = 0.9
+        return m
+    a = cached('hist', _Cfg(), make, lambda: nn.Linear(3, 2), cache_dir=tmp_path, keep=('history', 'score'))
+    b = cached('hist', _Cfg(), lambda: 1 / 0, lambda: nn.Linear(3, 2), cache_dir=tmp_path, keep=('history', 'score'))
+    for m in (a, b):
+        assert m.history == {'train': [0.5, 0.25], 'best_epoch': 1} and m.score == 0.9
+    assert torch.equal(a.weight, b.weight) and type(a) is type(b)
+    ckpt = load_checkpoint(next((tmp_path / 'hist').glob('*.pt')))
+    assert set(ckpt['state_dict']) == {'weight', 'bias'} and set(ckpt['extra']) == {'history', 'score'}   # no packed keys
+    plain = cached('plain', _Cfg(), lambda: nn.Linear(3, 2), lambda: nn.Linear(3, 2), cache_dir=tmp_path)   # nothing to keep
+    assert not hasattr(plain, 'history')
+    with pytest.raises(TypeError, match='plain data'):   # a kept attribute must load with weights_only=True
+        cached('bad', _Cfg(), lambda: setattr(m := nn.Linear(1, 1), 'history', object()) or m, lambda: nn.Linear(1, 1),
+               cache_dir=tmp_path)
 
 def test_batches_leave_the_global_random_stream_alone():
     "Training through batches must draw the same noise as the hand-written loop did."

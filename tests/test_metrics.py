@@ -1,4 +1,4 @@
-"""vtd.metrics: every generation metric against a case whose answer is known, its bad inputs, the cached
+"""vtd.metrics: PSNR and SSIM, every generation metric against a case whose answer is known, its bad inputs, the cached
 classifier, and the classifier's forward pass on the meta device (a tensor left on the CPU fails there)."""
 import math
 
@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from vtd.metrics import (ClassifierConfig, ImageClassifier, classifier_accuracy, classifier_features, codebook_perplexity,
-                         codebook_usage, distinct_n, frechet_distance, grid_diversity, train_image_classifier,
-                         unigram_entropy_bits)
+                         codebook_usage, distinct_n, frechet_distance, grid_diversity, psnr, ssim,
+                         train_image_classifier, unigram_entropy_bits)
+
+
+def test_psnr_ssim():
+    a = torch.rand(3, 1, 16, 16)
+    b = a.clone(); b[0] = 0
+    assert psnr(a, b, reduction='pooled') < psnr(a, b)  # pooled MSE is dominated by the bad image
+    assert abs(psnr(a, a + 0.1, data_range=1.0) - 20.0) < 1e-6  # MSE 0.01 is exactly 20 dB
+    assert ssim(a, a) > 0.999 and ssim(a, torch.rand_like(a)) < 0.5
+    with pytest.raises(ValueError, match='shapes differ'): psnr(a, a[:2])
 
 
 def test_codebook_usage_and_perplexity():

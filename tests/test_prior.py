@@ -6,7 +6,7 @@ import torch
 
 from vtd.core import CheckpointError, save_checkpoint
 from vtd.prior import (CodeGrids, CodePrior, CodeRangeError, IndependentPositions, PriorConfig, check_codes,
-                       codebook_signature, fit_independent, images_with_bad_codes, load_prior, save_prior, uniform_bits)
+                       codebook_signature, fit_independent, load_prior, save_prior, uniform_bits)
 
 
 class FakeCodebook:
@@ -63,7 +63,6 @@ def test_log_prob_is_in_bits_and_normalised():
 
 def test_code_grid_boundary_names_the_offending_images():
     codes = torch.randint(0, 10, (50, 16)); codes[7, 3] = -1; codes[31, 15] = 10
-    assert images_with_bad_codes(codes, 10).tolist() == [7, 31]
     with pytest.raises(CodeRangeError, match=r'2 of 50 images .*\[7, 31\]'): CodeGrids(codes, None, 10)
     with pytest.raises(CodeRangeError, match='integers'): check_codes(codes.float(), 10)
     with pytest.raises(CodeRangeError, match='shape'): check_codes(torch.zeros(3, 15, dtype=torch.long), 10)
@@ -149,7 +148,7 @@ def test_image_code_grids_split_and_boundary():
     data, vae, cb, gr = _digit_grids()
     sp = code_grid_split(data, PriorConfig.smoke())
     assert len(gr['train']) == len(sp['train']) and len(gr['valid']) == len(sp['valid']) == len(data.x_train) // 10
-    assert set(sp['train'].tolist()).isdisjoint(sp['valid'].tolist()) and gr['dropped'] == 0
+    assert set(sp['train'].tolist()).isdisjoint(sp['valid'].tolist()) and set(gr) == {'train', 'valid', 'test'}
     assert torch.equal(gr['valid'].labels, data.y_train[sp['valid']]) and gr['test'].codes.shape == (len(data.x_test), 16)
     with pytest.raises(ValueError, match='latents for'):
         image_code_grids(vae, cb, data, PriorConfig.smoke(), latents=(torch.zeros(3, 16, 4), torch.zeros(2, 16, 4)))

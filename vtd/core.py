@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 # %% auto 0
-__all__ = ['CHECKPOINT_FORMAT', 'seed_everything', 'get_device', 'CancelFitException', 'CancelEpochException', 'Callback',
-           'Learner', 'progress', 'Permutations', 'batches', 'warmup_cosine', 'decay_groups', 'ProgressCB',
-           'GradClipCB', 'SchedulerCB', 'LRScheduleCB', 'TimeBudgetCB', 'InterruptCB', 'CheckpointCB', 'ValidCB',
-           'DDPCB', 'fit', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'cache_root', 'fingerprint',
-           'Config', 'cached', 'psnr', 'ssim', 'show_images', 'live_widget', 'record_results']
+__all__ = ['CHECKPOINT_FORMAT', 'seed_everything', 'get_device', 'module_device', 'check_finite', 'check_images', 'check_ids',
+           'CancelFitException', 'CancelEpochException', 'Callback', 'Learner', 'progress', 'Permutations', 'batches',
+           'warmup_cosine', 'decay_groups', 'ProgressCB', 'GradClipCB', 'SchedulerCB', 'LRScheduleCB', 'TimeBudgetCB',
+           'InterruptCB', 'CheckpointCB', 'ValidCB', 'DDPCB', 'fit', 'CheckpointError', 'save_checkpoint',
+           'load_checkpoint', 'cache_root', 'fingerprint', 'Config', 'cached', 'show_images', 'live_widget',
+           'record_results']
 
 # %% ../nbs/00_core.ipynb
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
@@ -53,6 +54,38 @@ def get_device(prefer: str | torch.device | None = 'auto') -> torch.device:
         raise RuntimeError(f"device {str(prefer)!r} requested but MPS is not available here")
     if dev.type not in ('cpu', 'cuda', 'mps', 'meta'): raise ValueError(f"unsupported device {str(prefer)!r}")
     return dev
+
+# %% ../nbs/00_core.ipynb
+def module_device(module: nn.Module) -> torch.device:
+    "Where a module's parameters (or, without any, its buffers) live; the CPU for one that has neither."
+    for t in module.parameters(): return t.device
+    for t in module.buffers(): return t.device
+    return torch.device('cpu')
+
+def check_finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    "`t`, or a ValueError saying how many of its entries are NaN or inf (a value check: skipped on the meta device)."
+    if not t.is_meta and not torch.isfinite(t).all():
+        raise ValueError(f"{what} contains NaN or inf ({(~torch.isfinite(t)).sum().item()} entries)")
+    return t
+
+def check_images(images, what: str = 'images') -> torch.Tensor:
+    "Images `[N, C, H, W]`, floating point and finite, as a tensor; otherwise an error naming what is wrong."
+    images = torch.as_tensor(images)
+    if images.ndim != 4: raise ValueError(f"{what} must be [N, C, H, W], got shape {tuple(images.shape)}")
+    if not images.dtype.is_floating_point: raise TypeError(f"{what} must be floating point in [0, 1], got {images.dtype}")
+    if not images.is_meta and not torch.isfinite(images).all(): raise ValueError(f"{what} hold NaN or inf")
+    return images
+
+def check_ids(ids, size: int, what: str = 'ids', name: str = 'size') -> torch.Tensor:
+    "Integer ids in `[0, size)` as a tensor: a TypeError for non-integers, an IndexError naming the range for ids outside it."
+    ids = torch.as_tensor(ids)
+    if not isinstance(size, (int, np.integer)) or size < 1: raise ValueError(f"{name} must be a positive integer, got {size!r}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{what} must be integers, got {ids.dtype}")
+    if not ids.is_meta and ids.numel() and (ids.min() < 0 or ids.max() >= size):
+        raise IndexError(f"{what} out of range: got values in [{ids.min().item()}, {ids.max().item()}], "
+                         f"valid: 0..{size - 1} ({name}={size})")
+    return ids
 
 # %% ../nbs/00_core.ipynb
 class CancelFitException(Exception): "Raised by a callback to end training now (`after_fit` still runs)."
@@ -514,14 +547,16 @@ class Config:
 
 # %% ../nbs/00_core.ipynb
 def cached(kind: str, config, make: Callable[[], Any], build: Callable[[], nn.Module] | None = None, *,
-           data=None, upstream=(), device=None, verbose: bool = True, cache_dir: str | Path | None = None):
+           data=None, upstream=(), device=None, verbose: bool = True, cache_dir: str | Path | None = None,
+           keep: tuple[str, ...] = ('history',)):
     """Load the artefact `kind` made for `config` from the cache, or `make()` it and cache it.
 
     The key is `fingerprint(kind, config, data, upstream)`: a changed config, changed data (a tensor, or its
     fingerprint) or a changed upstream model (a module, or its fingerprint) makes a new entry. `make()` returns
-    an `nn.Module` (then `build()` must return an untrained one of the same architecture, to load into) or a
-    dict of tensors and plain values. A file that cannot be loaded is reported and made again. The result is
-    on `device` (default: where `make` left it, or the CPU when loaded)."""
+    an `nn.Module` (then `build()` must return an untrained one of the same architecture, to load into), whose
+    plain-data attributes named in `keep` (its `history`, say) are stored beside its weights and set again on
+    load, or a dict of tensors and plain values. A file that cannot be loaded is reported and made again. The
+    result is on `device` (default: where `make` left it, or the CPU when loaded)."""
     cfg = config.asdict() if hasattr(config, 'asdict') else dict(config)
     fp = lambda x: x if x is None or isinstance(x, str) else fingerprint(x)  # a tensor and its fingerprint key alike
     ups = upstream if isinstance(upstream, (list, tuple)) else [upstream]
@@ -533,6 +568,8 @@ def cached(kind: str, config, make: Callable[[], Any], build: Callable[[], nn.Mo
             model = build() if build is not None else None
             ckpt = load_checkpoint(path, model=model, expected_config=cfg, kind=kind)
             say(f"{kind}: loaded from the cache ({path})")
+            if model is not None:
+                for name, value in ckpt['extra'].items(): setattr(model, name, value)   # the module's kept attributes
             out = model if model is not None else {**ckpt['extra'], **ckpt['state_dict']}
             return _to(out, device)
         except CheckpointError as e:
@@ -541,7 +578,12 @@ def cached(kind: str, config, make: Callable[[], Any], build: Callable[[], nn.Mo
     out = make()
     if isinstance(out, nn.Module):
         if build is None: raise TypeError(f"cached({kind!r}): make() returned a module, so pass build= to rebuild it on load")
-        save_checkpoint(path, out, cfg, kind=kind)
+        kept = {a: getattr(out, a) for a in keep if hasattr(out, a)}
+        save_checkpoint(path, out, cfg, kind=kind, extra=kept)
+        model = build().to(module_device(out))   # returned as a later call loads it: built by `build`, weights from the file
+        load_checkpoint(path, model=model, kind=kind)
+        for name, value in kept.items(): setattr(model, name, value)
+        out = model
     elif isinstance(out, Mapping):
         tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
         save_checkpoint(path, tensors, cfg, kind=kind, extra={k: v for k, v in out.items() if k not in tensors})
@@ -553,24 +595,6 @@ def _to(obj, device):
     if device is None: return obj
     if isinstance(obj, nn.Module): return obj.to(device)
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in obj.items()}
-
-# %% ../nbs/00_core.ipynb
-def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, reduction: str = 'per_image') -> float:
-    "PSNR in dB of images `[N, C, H, W]`: mean of per-image PSNRs ('per_image') or of the pooled MSE ('pooled')."
-    if x.shape != y.shape: raise ValueError(f"psnr: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}")
-    x, y = x.detach().double(), y.detach().double()
-    if reduction == 'pooled':
-        return float(10 * torch.log10(data_range**2 / ((x - y)**2).mean().clamp_min(1e-20)))
-    if reduction != 'per_image': raise ValueError(f"reduction must be 'per_image' or 'pooled', got {reduction!r}")
-    mse = ((x - y)**2).flatten(1).mean(1).clamp_min(1e-20)
-    return float((10 * torch.log10(data_range**2 / mse)).mean())
-
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> float:
-    "Mean SSIM of images `[N, C, H, W]` (pytorch-msssim, Gaussian window shrunk to fit small images)."
-    from pytorch_msssim import ssim as _ssim
-    if x.shape != y.shape: raise ValueError(f"ssim: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}")
-    win = min(11, min(x.shape[-2:]) - (1 - min(x.shape[-2:]) % 2))
-    return float(_ssim(x.detach().float(), y.detach().float(), data_range=data_range, win_size=max(win, 3), size_average=True))
 
 # %% ../nbs/00_core.ipynb
 def show_images(images, nrow: int | None = None, titles=None, suptitle: str | None = None,

@@ -13,7 +13,7 @@ from torch import nn
 from fastcore.basics import patch
 import torch.nn.functional as F
 
-from .core import Config
+from .core import Config, module_device
 from .transformer import Transformer, TransformerConfig, generate
 from .metrics import distinct_n, unigram_entropy_bits  # the generation yardsticks live in vtd.metrics
 
@@ -21,8 +21,7 @@ from .metrics import distinct_n, unigram_entropy_bits  # the generation yardstic
 __all__ = ['TextModelConfig', 'check_time', 'LogLinearSchedule', 'CosineSchedule', 'DiscreteProcess', 'AbsorbingProcess',
            'UniformProcess', 'TokenDenoiser', 'PatternEmbedding', 'PatternDenoiser', 'stratified_times',
            'masked_diffusion_loss', 'discrete_time_loss', 'heldout_bound', 'make_ar_model', 'ar_loss',
-           'ar_heldout_bits', 'categorical', 'gumbel_argmax_float32', 'gumbel_float32_reveal_distribution',
-           'ancestral_sample', 'maskgit_sample', 'ar_sample', 'transformer_flops']
+           'ar_heldout_bits', 'categorical', 'ancestral_sample', 'maskgit_sample', 'ar_sample', 'transformer_flops']
 
 # %% ../nbs/08_diffusion.ipynb
 @dataclass(frozen=True)
@@ -334,12 +333,6 @@ def decode_cells(self: PatternDenoiser, cells: torch.Tensor):
     return best.indices.reshape(cells.shape[:-1]), (best.values < 0.5).reshape(cells.shape[:-1])
 
 # %% ../nbs/08_diffusion.ipynb
-def _device_of(module) -> torch.device:
-    "Where a module's parameters (or buffers) live; the CPU for one that has none."
-    for p in module.parameters(): return p.device
-    for b in module.buffers(): return b.device
-    return torch.device('cpu')
-
 def stratified_times(n: int, generator=None) -> torch.Tensor:
     "n times in (0, 1], one per stratum [k/n, (k+1)/n) with a shared random offset (low-discrepancy t)."
     where = generator.device if generator is not None else 'cpu'   # times live on the CPU (or the generator's device)
@@ -423,7 +416,7 @@ def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | 
     if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
     if T is None and process.kind != 'absorbing': raise ValueError("the continuous-time bound here is for the absorbing process; pass T")
     g = torch.Generator().manual_seed(seed)   # on the CPU: the same times and masks on every device
-    dev = _device_of(denoiser)
+    dev = module_device(denoiser)
     was_training = denoiser.training; denoiser.eval()
     per_seq = []
     for b in range(0, len(data), batch_size):
@@ -492,31 +485,6 @@ def categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
     return idx.reshape(probs.shape[:-1])
 
 # %% ../nbs/08_diffusion.ipynb
-def gumbel_argmax_float32(probs: torch.Tensor, generator=None) -> torch.Tensor:
-    "The float32 Gumbel-max draw many samplers use (for the demonstration only: it truncates the tail)."
-    where = generator.device if generator is not None else probs.device
-    u = torch.rand(probs.shape, generator=generator, dtype=torch.float32, device=where).to(probs.device)
-    g = -torch.log(-torch.log(u.clamp_min(1e-10)))
-    return (probs.float().clamp_min(1e-30).log() + g).argmax(-1)
-
-# %% ../nbs/08_diffusion.ipynb
-def gumbel_float32_reveal_distribution(p: torch.Tensor, steps: int, n_quantiles: int = 2048) -> torch.Tensor:
-    """Which token a float32 Gumbel-max draw reveals, at the first step of a `steps`-step masked sampler
-    (each token offered p(v)/steps beside the mask's 1 - 1/steps), computed on the exact grid of float32
-    noise values `gumbel_argmax_float32` can produce (2^24 of them). Exact arithmetic would give `p`."""
-    u = (torch.arange(2**24, dtype=torch.float32) * 2.0**-24).clamp_min(1e-10)
-    grid = -torch.log(-torch.log(u))                                          # every float32 noise value, sorted
-    q = torch.as_tensor(p, dtype=torch.float64) / steps
-    d = math.log(1 - 1 / steps) - q.log()                                   # each token's log-deficit to the mask
-    g_mask = grid[((torch.arange(n_quantiles) + 0.5) / n_quantiles * 2**24).long()].double()  # mask's noise, by quantile
-    win = torch.zeros_like(q)
-    for chunk in torch.split(torch.arange(len(q)), 256):
-        need = (g_mask[None, :] + d[chunk, None]).float()                       # token noise must exceed this
-        above = 2**24 - torch.searchsorted(grid, need.contiguous(), right=True)
-        win[chunk] = above.double().mean(1) / 2**24
-    return win / win.sum()
-
-# %% ../nbs/08_diffusion.ipynb
 def _draw_x0(denoiser, x_t, t, generator, temperature=1.0, class_label=None):
     "One x_0 draw per position: (ids, confidence = probability of the drawn value, exactly-a-word flag)."
     probs = denoiser.x0_probs(x_t, t, class_label=class_label)
@@ -557,7 +525,7 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
     words around a blank); with the uniform process the generated positions start from uniform noise and
     the given ones are restored after every step, so the denoiser always sees them clean."""
     _check_sampling(denoiser, n, length, steps)
-    dev = _device_of(denoiser)
+    dev = module_device(denoiser)
     V, mask_id = process.vocab_size, process.vocab_size
     given = None if x_init is None else _check_x_init(x_init, process, n, length, dev)
     free = None if given is None else given == mask_id          # the positions to generate
@@ -606,7 +574,7 @@ def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, ste
     those are generated, every other position is kept exactly)."""
     _check_sampling(denoiser, n, length, steps)
     if process.kind != 'absorbing': raise ValueError("MaskGIT sampling needs the absorbing process")
-    dev = _device_of(denoiser)
+    dev = module_device(denoiser)
     x = (torch.full((n, length), process.mask_id, dtype=torch.long, device=dev) if x_init is None
          else _check_x_init(x_init, process, n, length, dev).clone())
     was_training = denoiser.training; denoiser.eval()

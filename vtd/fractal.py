@@ -20,9 +20,8 @@ from .vq import VectorQuantizer
 
 # %% auto 0
 __all__ = ['FractalConfig', 'assemble_patches', 'patch_mean', 'affine_maps', 'ifs_hits', 'render_ifs', 'ifs_coverage',
-           'patch_encoder', 'FractalTokenizer', 'photo_correlation_z', 'render_ifs_soft', 'best_random_ifs',
-           'optimise_ifs', 'kmeans_codebook', 'PatchMLPDecoderVQ', 'GridRefiner', 'SpatialConvVQ', 'kmeans_blocks',
-           'kmeans_reconstruct', 'perceptual_loss_status', 'perceptual_loss']
+           'patch_encoder', 'FractalTokenizer', 'render_ifs_soft', 'best_random_ifs', 'optimise_ifs', 'kmeans_codebook',
+           'PatchMLPDecoderVQ', 'GridRefiner', 'SpatialConvVQ', 'kmeans_blocks', 'kmeans_reconstruct']
 
 # %% ../nbs/02_fractal.ipynb
 @dataclass(frozen=True)
@@ -150,8 +149,9 @@ def patch_encoder(latent_dim: int, in_channels: int = 3) -> nn.Sequential:
         nn.AdaptiveAvgPool2d(1), nn.Flatten())      # all spatial structure averaged away
 
 class FractalTokenizer(nn.Module):
-    """The seed's tokenizer, runnable: CNN encoder -> `quantizer` (one code per 8x8 patch) -> (a) `decode_random`,
-    `torch.randn` noise whatever the token; (b) `render`, an IFS chaos-game render of affine maps made from the code.
+    """The seed's tokenizer, runnable: CNN encoder -> `quantizer` (one code per 8x8 patch) -> `render`, an IFS
+    chaos-game render of affine maps made from the code (lesson 02 adds the seed's `torch.randn` decoder and its
+    render objective in cells of its own: they exist to show the failure).
     `color=True` is seed 001's "solution needed" for its issue 2 (no colour): each map also gets a learnable colour
     and the render is soft-splatted so gradients reach the maps (`render_ifs_soft`)."""
     def __init__(self, quantizer: VectorQuantizer, patch_size: int = 8, n_maps: int = 4, n_points: int = 500,
@@ -177,22 +177,6 @@ class FractalTokenizer(nn.Module):
         return (maps, torch.sigmoid(raw[..., 6:])) if self.color else (maps, None)
 
 # %% ../nbs/02_fractal.ipynb
-def photo_correlation_z(decoded: torch.Tensor, target: torch.Tensor) -> float:
-    "z-score `r * sqrt(N)` of the correlation between decoded and true values over all N pixels; about N(0, 1) for output independent of the photo."
-    if decoded.shape != target.shape: raise ValueError(f"shapes differ: {tuple(decoded.shape)} vs {tuple(target.shape)}")
-    a, b = decoded.detach().flatten().double(), target.detach().flatten().double()
-    r = torch.corrcoef(torch.stack([a, b]))[0, 1]
-    return float(r * math.sqrt(len(a)))
-
-# %% ../nbs/02_fractal.ipynb
-@patch
-def decode_random(self: FractalTokenizer, ids, generator: torch.Generator | None = None):
-    "The seed's decoder: `torch.randn(3, p, p)` for every token. The token is looked up and then ignored."
-    _ = self.quantizer.lookup(ids)  # the seed fetches the code ... and never uses it
-    dev = generator.device if generator is not None else ids.device
-    return torch.randn(len(ids), 3, self.patch_size, self.patch_size, generator=generator, device=dev).to(ids.device)
-
-# %% ../nbs/02_fractal.ipynb
 @patch
 def render(self: FractalTokenizer, ids=None, codes=None, generator: torch.Generator | None = None):
     "IFS render of tokens `ids` (or of codes `[N, D]`): grayscale hard render, or soft colour render when `color`."
@@ -202,15 +186,6 @@ def render(self: FractalTokenizer, ids=None, codes=None, generator: torch.Genera
         return render_ifs_soft(maps, colors, size=self.patch_size, n_points=self.n_points, n_steps=self.n_steps,
                                gamma=self.gamma, generator=generator)
     return render_ifs(maps, self.patch_size, self.n_points, self.n_steps, gamma=self.gamma, generator=generator)
-
-
-@patch
-def render_loss(self: FractalTokenizer, x, generator=None):
-    "The seed's M-step objective: MSE(render, photo) + codebook + commitment losses; returns `(loss, parts)`."
-    _check_patches(x, self.patch_size)
-    z_q, ids, info = self.quantizer(self.encoder(x))
-    rendered = self.render(codes=z_q, generator=generator)
-    return _parts(F.mse_loss(rendered.expand_as(x), x), info, self.quantizer.beta)
 
 # %% ../nbs/02_fractal.ipynb
 def render_ifs_soft(maps: torch.Tensor, colors: torch.Tensor | None = None, size: int = 8, n_points: int = 500,
@@ -419,21 +394,3 @@ def kmeans_reconstruct(km, images: torch.Tensor, block: int = 4) -> torch.Tensor
     x = photo_patches(block, images).flatten(1).cpu().numpy()
     rec = torch.tensor(km.cluster_centers_[km.predict(x)], dtype=torch.float32).view(-1, C, block, block).to(images.device)
     return assemble_patches(rec, H // block, W // block)
-
-# %% ../nbs/02_fractal.ipynb
-def perceptual_loss_status() -> tuple[bool, str]:
-    "Whether an LPIPS/VGG perceptual loss can be built here, and why not if it cannot."
-    import importlib.util
-    missing = [m for m in ('lpips', 'torchvision') if importlib.util.find_spec(m) is None]
-    if missing:
-        return False, (f"unavailable here because {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
-                       "(LPIPS needs torchvision's pretrained VGG/AlexNet, which this project never installs)")
-    return True, 'available (lpips + torchvision installed)'
-
-def perceptual_loss(net: str = 'vgg'):
-    "An LPIPS loss module on images in [0, 1], if lpips is installed; else a RuntimeError saying why not."
-    ok, why = perceptual_loss_status()
-    if not ok: raise RuntimeError(f"perceptual loss {why}")
-    import lpips
-    model = lpips.LPIPS(net=net, verbose=False)
-    return lambda x, y: model(x * 2 - 1, y * 2 - 1).mean()

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from dataclasses import dataclass
 from fastcore.basics import patch
 
-from .core import Config, batches, cached, fingerprint, fit, get_device, psnr, seed_everything
+from .core import Config, batches, cached, check_images, fingerprint, fit, get_device, module_device, seed_everything
 from .core import progress as progress_bar
 from .data import ImageData
+from .metrics import psnr   # image metrics, built in lesson 05b
 from .vq import nearest_code
 
 # %% auto 0
@@ -29,18 +30,10 @@ __all__ = ['grid_latents', 'latents_to_grid', 'LatentSet', 'sample_latent_set', 
            'get_codebook', 'finetune_decoder']
 
 # %% ../nbs/05_geodesic.ipynb
-def _check_images(images):
-    if not torch.is_tensor(images) or images.ndim != 4:
-        raise ValueError(f"images must be a float tensor [N, C, H, W], got {tuple(getattr(images, 'shape', ())) or type(images).__name__}")
-    if not images.is_floating_point(): raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
-    if not images.is_meta and not torch.isfinite(images).all(): raise ValueError("images contain NaN or inf")
-
-def _device(model: nn.Module) -> torch.device: return next(model.parameters()).device
-
 def grid_latents(vae, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     "Posterior means of `vae` for `images` as `[N, G*G, D]` on the VAE's device: one D-vector per grid position, row-major."
-    _check_images(images)
-    images = images.to(_device(vae))   # moved once, then batched where it lives
+    images = check_images(images)
+    images = images.to(module_device(vae))   # moved once, then batched where it lives
     was_training = vae.training; vae.eval(); out = []
     with torch.no_grad():
         for b in images.split(batch_size):
@@ -140,7 +133,7 @@ def decoded_segment_lengths(vae, contexts, pos, za, zb, n_steps: int = 8, batch_
     if n_steps < 1: raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     if not (len(contexts) == len(pos) == len(za) == len(zb)):
         raise ValueError(f"contexts, pos, za, zb must have equal lengths, got {len(contexts)}, {len(pos)}, {len(za)}, {len(zb)}")
-    dev = _device(vae); contexts, pos, za, zb = (v.to(dev) for v in (contexts, pos, za, zb))
+    dev = module_device(vae); contexts, pos, za, zb = (v.to(dev) for v in (contexts, pos, za, zb))
     t = torch.linspace(0, 1, n_steps + 1, device=dev); T = len(t); out = []
     with torch.no_grad():
         for i in range(0, len(za), batch_size):
@@ -157,7 +150,7 @@ def decoded_segment_lengths(vae, contexts, pos, za, zb, n_steps: int = 8, batch_
 def jvp_segment_lengths(vae, contexts, pos, za, zb, batch_size: int = 256) -> torch.Tensor:
     "First-order length `|J(za) (zb - za)|` of each segment, one `torch.func.jvp` per segment. Returns `[E]`, on the VAE's device."
     from torch.func import jvp
-    dev = _device(vae); contexts, pos, za, zb = (v.to(dev) for v in (contexts, pos, za, zb)); out = []
+    dev = module_device(vae); contexts, pos, za, zb = (v.to(dev) for v in (contexts, pos, za, zb)); out = []
     for i in range(0, len(za), batch_size):
         g, p, a, b = (v[i:i + batch_size] for v in (contexts, pos, za, zb))
         f = lambda z: vae.decode(latents_to_grid(_with_position(g, p, z))).flatten(1)
@@ -173,7 +166,7 @@ def decoder_metric(vae, contexts, pos, z=None, method: str = 'fd', eps: float = 
     J from D forward-mode passes (`torch.func.jvp`), exact; `'fd'`: forward differences with step `eps`, D + 1 decodes."""
     if method not in ('fd', 'jvp'): raise ValueError(f"method must be 'fd' or 'jvp', got {method!r}")
     from torch.func import jvp
-    dev = _device(vae); contexts, pos = contexts.to(dev), pos.to(dev); n, P, D = contexts.shape
+    dev = module_device(vae); contexts, pos = contexts.to(dev), pos.to(dev); n, P, D = contexts.shape
     z = contexts[torch.arange(n, device=dev), pos] if z is None else z.to(dev)
     eye = torch.eye(D, device=dev); out = []
     acc = torch.float32 if dev.type == 'mps' else torch.float64   # J J^T accumulates in float64 where the device has it (MPS has not)
@@ -211,7 +204,7 @@ def geodesic_edge_lengths(vae, latents: LatentSet, graph, method: str = 'metric'
     if method not in ('metric', 'sampled'): raise ValueError(f"method must be 'metric' or 'sampled', got {method!r}")
     if graph.shape != (len(latents), len(latents)):
         raise ValueError(f"graph is {graph.shape} but there are {len(latents)} latent vectors")
-    latents = latents.to(_device(vae))
+    latents = latents.to(module_device(vae))
     G = sp.triu(sp.csr_matrix(graph), k=1).tocoo()
     dev = latents.image.device
     i, j = (torch.as_tensor(v, dtype=torch.long).to(dev) for v in (G.row, G.col))
@@ -246,7 +239,7 @@ def build_geodesic_graph(vae, images: torch.Tensor, n_vectors: int, k_neighbors:
 # %% ../nbs/05_geodesic.ipynb
 def _on(vae, device):
     "`vae` itself if it is on `device` (None: where it is), else a copy there (the caller's model is never moved)."
-    here = _device(vae); dev = here if device is None else get_device(device)
+    here = module_device(vae); dev = here if device is None else get_device(device)
     same = here.type == dev.type and (dev.index is None or here.index == dev.index)   # 'cuda' is where 'cuda:0' is
     return (vae if same else copy.deepcopy(vae).to(dev)), (here if same else dev)
 
@@ -294,16 +287,14 @@ class KMedoidsResult:
     n_iter: int
     metric: str               # 'graph' or 'euclidean'
 
-def _nearest(X: torch.Tensor, C: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    "Squared distance to, and index of, the nearest row of `C` for each row of `X`: `vtd.vq.nearest_code`, in float64 where the device has it."
-    acc = torch.float32 if X.device.type == 'mps' else torch.float64
-    idx, d2 = nearest_code(X.to(acc), C.to(acc), chunk=chunk)
-    return d2.clamp_min(0), idx
+def _exact(t: torch.Tensor) -> torch.Tensor:
+    "`t` in float64 where its device has it (MPS has not): nearest-code searches here (`vtd.vq.nearest_code`) break no ties by rounding."
+    return t.to(torch.float32 if t.device.type == 'mps' else torch.float64)
 
 def _assign(X: np.ndarray, medoids: np.ndarray, graph) -> tuple[np.ndarray, np.ndarray]:
     "Each node's cell and distance to its medoid: one multi-source Dijkstra on `graph`, or Euclidean without one."
     if graph is not None: return geodesic_voronoi(graph, medoids)
-    d2, lab = _nearest(torch.from_numpy(X), torch.from_numpy(X[medoids]))
+    lab, d2 = nearest_code(_exact(torch.from_numpy(X)), _exact(torch.from_numpy(X[medoids])), chunk=8192)
     labels, dist = lab.numpy().astype(np.int64), d2.double().sqrt().numpy()
     labels[medoids], dist[medoids] = np.arange(len(medoids)), 0.0   # ties: a medoid is in its own cell
     return labels, dist
@@ -366,7 +357,7 @@ def fill_unreachable(vectors, medoid_vectors, labels) -> tuple[np.ndarray, int]:
     if (labels >= K).any(): raise ValueError(f"labels must be < K={K}")
     if miss.any():
         X = torch.as_tensor(vectors, dtype=torch.float32).cpu()[torch.from_numpy(miss)]
-        labels[miss] = _nearest(X, torch.as_tensor(medoid_vectors, dtype=torch.float32).cpu())[1].numpy()
+        labels[miss] = nearest_code(_exact(X), _exact(torch.as_tensor(medoid_vectors, dtype=torch.float32).cpu()), chunk=8192)[0].numpy()
     return labels, int(miss.sum())
 
 # %% ../nbs/05_geodesic.ipynb
@@ -401,7 +392,7 @@ def assign(self: Codebook, latents: torch.Tensor) -> torch.Tensor:
     if latents.ndim != 2 or latents.shape[1] != self.dim:
         raise ValueError(f"latents must be [M, {self.dim}], got {tuple(latents.shape)}")
     if not latents.is_meta and not torch.isfinite(latents).all(): raise ValueError("latents contain NaN or inf")
-    return _nearest(latents.detach().float(), self.vectors.to(latents.device))[1].long()
+    return nearest_code(_exact(latents.detach().float()), _exact(self.vectors.to(latents.device)), chunk=8192)[0].long()
 
 def codes_for_images(vae, codebook: Codebook, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     "Codes `[N, G*G]` (row-major grid positions, on the VAE's device) of `images` through `vae`'s posterior means and `codebook.assign`."
@@ -420,7 +411,7 @@ def decode_codes(vae, codebook: Codebook, codes: torch.Tensor, batch_size: int =
     "Images `[N, C, H, W]` (on the VAE's device) decoded from code grids `[N, G*G]`."
     codes = _check_codes(codes, codebook.K)
     if math.isqrt(codes.shape[1]) ** 2 != codes.shape[1]: raise ValueError(f"{codes.shape[1]} codes per image do not make a square grid")
-    dev = _device(vae); codes, vectors = codes.to(dev), codebook.vectors.to(dev)
+    dev = module_device(vae); codes, vectors = codes.to(dev), codebook.vectors.to(dev)
     was = vae.training; vae.eval(); out = []
     with torch.no_grad():
         for c in codes.split(batch_size): out.append(vae.decode(latents_to_grid(vectors[c])))
@@ -444,9 +435,9 @@ def build_codebook(latents: LatentSet, codebook_size: int, kind: str, graph=None
         labels = np.full(len(X), -1, dtype=np.int64); labels[idx] = r.labels
         labels, n_unreachable = fill_unreachable(X, X[torch.as_tensor(medoids, device=X.device)], labels)
     else: raise ValueError(f"kind must be 'euclidean' or 'geodesic', got {kind!r}")
-    dist = r.dist[np.isfinite(r.dist)]
-    info = {'n_vectors': len(X), 'n_unreachable': n_unreachable, 'iterations': r.n_iter, 'objective': r.history[-1],
-            'seed_style_error': float((dist ** 2).sum()), 'kmedoids_seconds': time.perf_counter() - t0,
+    info = {'n_vectors': len(X), 'n_unreachable': n_unreachable, 'iterations': r.n_iter,
+            'objective': r.history[-1],   # sum of squared distances (latent, or path length) over the reached vectors
+            'kmedoids_seconds': time.perf_counter() - t0,
             'train_codes': torch.as_tensor(labels)}
     return Codebook(X[torch.as_tensor(medoids, device=X.device)], kind, info)
 
@@ -460,7 +451,7 @@ def get_codebook(vae, data: ImageData, codebook_size: int, kind: str, cfg: Geode
     if kind not in ('euclidean', 'geodesic'): raise ValueError(f"kind must be 'euclidean' or 'geodesic', got {kind!r}")
     if not isinstance(codebook_size, (int, np.integer)) or codebook_size < 1:
         raise ValueError(f"codebook_size must be a positive integer, got {codebook_size!r}")
-    dev = _device(vae) if device is None else get_device(device)
+    dev = module_device(vae) if device is None else get_device(device)
     data_key = fingerprint(data.x_train)   # hashed once, for the codebook's key and the graph's
     def make():
         latents, W, ginfo = _graph(vae, data, data_key, cfg, seed, dev, verbose)
@@ -478,9 +469,9 @@ def finetune_decoder(vae, codebook: Codebook, images: torch.Tensor, epochs: int 
     squared pixel errors per image), on the VAE's device. The encoder and codebook are unchanged, so codes stay the
     same. The weights kept are the best on `n_valid` held-out images, the unchanged decoder included; `.finetune`
     records the scores."""
-    _check_images(images)
+    images = check_images(images)
     g = seed_everything(seed)
-    dev = _device(vae); images = images.to(dev); vectors = codebook.vectors.to(dev)
+    dev = module_device(vae); images = images.to(dev); vectors = codebook.vectors.to(dev)
     codes = codes_for_images(vae, codebook, images)
     n_valid = min(n_valid, len(images) // 5)
     c_tr, x_tr, c_va, x_va = codes[n_valid:], images[n_valid:], codes[:n_valid], images[:n_valid]

@@ -19,9 +19,9 @@ from .core import (CheckpointError, Config, batches, cached, fingerprint, fit, g
 from .transformer import Transformer, TransformerConfig, generate, sample_logits
 
 # %% auto 0
-__all__ = ['N_POSITIONS', 'PriorConfig', 'code_grid_split', 'CodeRangeError', 'images_with_bad_codes', 'check_codes', 'CodeGrids',
-           'image_code_grids', 'uniform_bits', 'IndependentPositions', 'fit_independent', 'CodePrior', 'train_prior',
-           'codebook_signature', 'save_prior', 'load_prior', 'get_code_prior']
+__all__ = ['N_POSITIONS', 'PriorConfig', 'code_grid_split', 'CodeRangeError', 'check_codes', 'CodeGrids', 'image_code_grids',
+           'uniform_bits', 'IndependentPositions', 'fit_independent', 'CodePrior', 'train_prior', 'codebook_signature',
+           'save_prior', 'load_prior', 'get_code_prior']
 
 # %% ../nbs/06_prior.ipynb
 @dataclass(frozen=True)
@@ -61,9 +61,8 @@ N_POSITIONS = 16  # a 4x4 grid of codes per image, row-major
 class CodeRangeError(ValueError):
     "Codes outside [0, K) (or of the wrong shape or dtype) reached the prior's data boundary."
 
-def images_with_bad_codes(codes: torch.Tensor, K: int) -> torch.Tensor:
-    "Indices of the images (rows) holding any code outside [0, K): what the seed's filter would drop."
-    codes = torch.as_tensor(codes)
+def _rows_out_of_range(codes: torch.Tensor, K: int) -> torch.Tensor:
+    "Indices of the images (rows) holding any code outside [0, K)."
     return ((codes < 0) | (codes >= K)).reshape(len(codes), -1).any(1).nonzero().squeeze(1)
 
 def check_codes(codes: torch.Tensor, K: int, what: str = 'codes') -> torch.Tensor:
@@ -75,7 +74,7 @@ def check_codes(codes: torch.Tensor, K: int, what: str = 'codes') -> torch.Tenso
     if codes.ndim == 3 and codes.shape[1:] == (4, 4): codes = codes.reshape(len(codes), N_POSITIONS)
     if codes.ndim != 2 or codes.shape[1] != N_POSITIONS:
         raise CodeRangeError(f"{what}: expected [N, {N_POSITIONS}] (or [N, 4, 4]) code grids, got shape {tuple(codes.shape)}")
-    bad = images_with_bad_codes(codes, K) if not codes.is_meta else []  # the meta device holds no values to check
+    bad = _rows_out_of_range(codes, K) if not codes.is_meta else []  # the meta device holds no values to check
     if len(bad):
         i = int(bad[0]); vals = codes[bad].flatten(); vals = vals[(vals < 0) | (vals >= K)].unique()
         raise CodeRangeError(f"{what}: {len(bad)} of {len(codes)} images hold codes outside [0, {K}): images "
@@ -115,9 +114,8 @@ class CodeGrids:
 # %% ../nbs/06_prior.ipynb
 def image_code_grids(vae, codebook, data, cfg: PriorConfig, seed: int = 0, latents=None) -> dict:
     """`{'train', 'valid', 'test'}` `CodeGrids` (with labels) of `data` under `vae` and `codebook`, on the split of
-    `code_grid_split`, plus `'dropped'`: how many images hold a code outside [0, K) (the seed's filter would have
-    removed them; `CodeGrids` refuses them and names them). `latents`: `(valid+train, test)` `grid_latents`
-    already computed for this split, to encode the images once for several codebooks."""
+    `code_grid_split` (`CodeGrids` refuses a code outside [0, K) and names its images). `latents`: `(valid+train, test)`
+    `grid_latents` already computed for this split, to encode the images once for several codebooks."""
     from vtd.geodesic import grid_latents
     sp = code_grid_split(data, cfg, seed); split = torch.cat([sp['valid'], sp['train']]); n_valid = len(sp['valid'])
     if latents is None: latents = grid_latents(vae, data.x_train[split]), grid_latents(vae, data.x_test[:sp['n_test']])
@@ -127,10 +125,9 @@ def image_code_grids(vae, codebook, data, cfg: PriorConfig, seed: int = 0, laten
     K = len(codebook.vectors); name = f"{codebook.kind} K={K}"
     raw_train = codebook.assign(lat_train.flatten(0, 1)).view(len(lat_train), -1).cpu()   # what codes_for_images does
     raw_test = codebook.assign(lat_test.flatten(0, 1)).view(len(lat_test), -1).cpu()
-    dropped = len(images_with_bad_codes(raw_train, K)) + len(images_with_bad_codes(raw_test, K))
     all_train = CodeGrids(raw_train, data.y_train[split], K, f"{name} train")
     return dict(train=all_train.subset(slice(n_valid, None), f"{name} train"), valid=all_train.subset(slice(0, n_valid), f"{name} valid"),
-                test=CodeGrids(raw_test, data.y_test[:sp['n_test']], K, f"{name} test"), dropped=dropped)
+                test=CodeGrids(raw_test, data.y_test[:sp['n_test']], K, f"{name} test"))
 
 # %% ../nbs/06_prior.ipynb
 def uniform_bits(K: int) -> float:
@@ -308,11 +305,10 @@ def get_code_prior(grids: dict, codebook, n_classes: int, cfg: PriorConfig, seed
     device = None if device is None else get_device(device)   # 'auto' or a name, as vtd.core.get_device takes
     def make():
         prior, hist = train_prior(grids['train'], grids['valid'], cfg, n_classes, seed, device, progress, desc)
-        return {**{f'weights.{k}': v for k, v in prior.state_dict().items()},
-                'history': {k: hist[k] for k in ('train', 'valid', 'best_epoch', 'time')}}
+        prior.history = {k: hist[k] for k in ('train', 'valid', 'best_epoch', 'time')}
+        return prior
+    build = lambda: CodePrior(len(codebook.vectors), n_classes=n_classes, p_uncond=cfg.p_uncond, **cfg.model)
     data = [grids[p].codes for p in ('train', 'valid')] + [grids[p].labels for p in ('train', 'valid')]
-    out = cached('code_prior', cfg, make, data=data, upstream=(codebook_signature(codebook), int(n_classes), int(seed)),
-                 device=device, verbose=verbose)
-    prior = CodePrior(len(codebook.vectors), n_classes=n_classes, p_uncond=cfg.p_uncond, **cfg.model).to(device or 'cpu')
-    prior.load_state_dict({k[len('weights.'):]: v for k, v in out.items() if k.startswith('weights.')})
-    return prior.eval(), out['history']
+    prior = cached('code_prior', cfg, make, build, data=data, upstream=(codebook_signature(codebook), int(n_classes), int(seed)),
+                   verbose=verbose)
+    return prior.to(device or 'cpu').eval(), prior.history

@@ -14,7 +14,8 @@ from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .core import Config, batches, cached, fit, get_device, psnr, seed_everything
+from .core import Config, batches, cached, fit, get_device, module_device, seed_everything
+from .metrics import psnr   # image metrics, built in lesson 05b
 from .data import ImageData
 
 # %% auto 0
@@ -157,13 +158,11 @@ class SpatialVAEConfig(Config):
     def smoke(cls): return cls(n_train=3000, n_valid=500, epochs=2, min_steps=90)
 
 # %% ../nbs/04_spatial_vae.ipynb
-def _device(model: nn.Module) -> torch.device: return next(model.parameters()).device
-
 @torch.no_grad()
 def reconstruct(vae: SpatialVAE, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     "Decode the posterior means of `images` (eval mode, in batches), on the VAE's device."
     was = vae.training; vae.eval()
-    images = images.to(_device(vae))  # moved once, then batched where it lives
+    images = images.to(module_device(vae))  # moved once, then batched where it lives
     out = torch.cat([vae.decode(vae.encode(b)[0]) for b in images.split(batch_size)])
     vae.train(was)
     return out
@@ -209,14 +208,12 @@ def get_spatial_vae(data: ImageData, cfg: SpatialVAEConfig, seed: int = 0, devic
     def make():
         t0 = time.perf_counter()
         model, hist = train_spatial_vae(data, cfg, seed, device=dev, progress=verbose)
-        history = {'train': hist['train'], 'valid': hist['valid'], 'best_epoch': hist['best_epoch'],
-                   'sse': [p.get('sse') for p in hist['parts']], 'kl': [p.get('kl') for p in hist['parts']],
-                   'seconds': time.perf_counter() - t0}
-        return {**model.state_dict(), 'history': history}
-    out = cached('spatial_vae', {**cfg.asdict(), 'seed': int(seed)}, make, data=data.x_train, verbose=verbose)
-    model = SpatialVAE(**_arch(data, cfg))
-    model.load_state_dict({k: v for k, v in out.items() if k != 'history'})
-    model.history = out['history']
+        model.history = {'train': hist['train'], 'valid': hist['valid'], 'best_epoch': hist['best_epoch'],
+                         'sse': [p.get('sse') for p in hist['parts']], 'kl': [p.get('kl') for p in hist['parts']],
+                         'seconds': time.perf_counter() - t0}
+        return model
+    model = cached('spatial_vae', {**cfg.asdict(), 'seed': int(seed)}, make, lambda: SpatialVAE(**_arch(data, cfg)),
+                   data=data.x_train, verbose=verbose)
     return model.to(dev).eval()
 
 # %% ../nbs/04_spatial_vae.ipynb
@@ -224,7 +221,7 @@ def get_spatial_vae(data: ImageData, cfg: SpatialVAEConfig, seed: int = 0, devic
 def kl_per_latent(vae: SpatialVAE, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     "Mean KL in nats of each latent dimension, `[latent_dim]`, averaged over images and grid positions (on the VAE's device)."
     was = vae.training; vae.eval()
-    images = images.to(_device(vae))
+    images = images.to(module_device(vae))
     tot = sum(kl_divergence(*vae.encode(b)).sum((0, 2, 3)) for b in images.split(batch_size))
     vae.train(was)
     return tot / (len(images) * vae.config['latent_grid'] ** 2)

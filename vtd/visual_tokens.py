@@ -16,7 +16,8 @@ from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .core import Callback, Config, Learner, ProgressCB, cached
+from .core import Callback, Config, Learner, ProgressCB, cached, module_device
+
 
 # %% auto 0
 __all__ = ['CLIP_DEFAULT', 'cells_to_patterns', 'patterns_to_cells', 'flip_cells', 'show_patterns', 'pattern_uniqueness',
@@ -123,9 +124,7 @@ class PatternCodec(nn.Module):
             raise ValueError(f"{vocab_size} tokens cannot all have distinct patterns: a {grid}x{grid} grid in {colors} colours has {colors**(grid*grid)}")
         self.vocab_size, self.grid, self.colors = int(vocab_size), grid, colors
 
-    def _device(self):
-        for t in list(self.parameters()) + list(self.buffers()): return t.device
-        return torch.device('cpu')
+    def _device(self): return module_device(self)   # vtd.core's one device helper
 
     def encode(self, token_ids) -> torch.Tensor:
         ids = self.check_ids(token_ids).to(self._device())

@@ -13,7 +13,7 @@ from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .core import Config
+from .core import Config, check_finite, check_ids
 from .metrics import codebook_perplexity, codebook_usage
 
 # %% auto 0
@@ -34,9 +34,7 @@ class VQConfig(Config):
     def smoke(cls): return cls(n_train=8_000, n_test=4_000, train_steps=300, eval_every=50, widget_steps=150)
 
 # %% ../nbs/03_vq.ipynb
-def _check_finite(t: torch.Tensor, name: str):
-    if not t.is_meta and not torch.isfinite(t).all():  # a value check: skipped on the meta device (no data)
-        raise ValueError(f"{name} contains NaN or inf ({(~torch.isfinite(t)).sum().item()} entries)")
+_check_finite = check_finite   # vtd.core's check, under the name train_vqvae uses
 
 def _check_width(t: torch.Tensor, width: int, name: str, what: str = 'latent'):
     if t.ndim < 1 or t.shape[-1] != width:
@@ -102,7 +100,7 @@ def _check_basis(U_k) -> torch.Tensor:
     U_k = torch.as_tensor(U_k)
     if U_k.ndim != 2 or U_k.shape[0] < U_k.shape[1]:
         raise ValueError(f"expected a basis U_k of shape (d, k) with d >= k, got {tuple(U_k.shape)}")
-    _check_finite(U_k, 'U_k')
+    check_finite(U_k, 'U_k')
     return U_k.detach().clone().float()
 
 class PCAEncoder(nn.Module):
@@ -131,7 +129,7 @@ class PCADecoder(nn.Module):
 def pca_basis(x: torch.Tensor, k: int):
     "Top-`k` principal directions `[d, k]` (columns) and their variances `[k]` of data `x` `[n, d]`."
     if x.ndim != 2: raise ValueError(f"pca_basis expects data [n, d], got shape {tuple(x.shape)}")
-    _check_finite(x, 'pca_basis data')
+    check_finite(x, 'pca_basis data')
     if not 1 <= k <= x.shape[1]: raise ValueError(f"k must be in [1, {x.shape[1]}], got {k}")
     xd = x.detach().cpu().double()  # float64 on the CPU (MPS has none): a k x k eigenproblem, moved once
     xc = xd - xd.mean(0)
@@ -157,7 +155,7 @@ def _check_latents(z, dim: int, name: str):
     if not z.is_floating_point():
         raise TypeError(f"{name}: latents must be a floating-point tensor, got dtype {z.dtype} (convert with .float())")
     _check_width(z, dim, name)
-    _check_finite(z, f"{name} input")
+    check_finite(z, f"{name} input")
 
 def _as_codebook(codebook, codebook_size: int, dim: int) -> torch.Tensor:
     cb = torch.as_tensor(codebook).detach().clone().float()
@@ -165,7 +163,7 @@ def _as_codebook(codebook, codebook_size: int, dim: int) -> torch.Tensor:
         raise ValueError(f"a codebook must be a non-empty [codebook_size, dim] tensor, got shape {tuple(cb.shape)}")
     if tuple(cb.shape) != (codebook_size, dim):
         raise ValueError(f"the codebook has shape {tuple(cb.shape)}, expected ({codebook_size}, {dim})")
-    _check_finite(cb, 'the codebook')
+    check_finite(cb, 'the codebook')
     return cb
 
 # %% ../nbs/03_vq.ipynb
@@ -237,7 +235,7 @@ def encode(self: VectorQuantizer, z: torch.Tensor) -> torch.Tensor:
 @patch
 def lookup(self: VectorQuantizer, indices: torch.Tensor) -> torch.Tensor:
     "The codes `[..., dim]` for integer `indices` (out-of-range ids are an IndexError)."
-    _check_indices(indices, self.codebook_size)
+    indices = check_ids(indices, self.codebook_size, 'code indices', 'codebook_size')
     return self.codebook[indices.long()]
 
 @patch
@@ -251,13 +249,6 @@ def set_codebook(self: VectorQuantizer, codebook: torch.Tensor):
     return self
 
 # %% ../nbs/03_vq.ipynb
-def _check_indices(indices: torch.Tensor, codebook_size: int):
-    if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
-        raise TypeError(f"code indices must be an integer tensor, got {getattr(indices, 'dtype', type(indices))}")
-    if indices.numel() and not indices.is_meta and (indices.min() < 0 or indices.max() >= codebook_size):
-        raise IndexError(f"code index out of range: got values in [{indices.min().item()}, {indices.max().item()}], "
-                         f"the codebook has {codebook_size} codes (valid: 0..{codebook_size - 1})")
-
 @patch
 def usage(self: VectorQuantizer, indices):
     "Fraction of this codebook's codes used in `indices` (`vtd.metrics.codebook_usage`)."
@@ -325,7 +316,7 @@ class VQVAE(nn.Module):
         super().__init__()
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
     def forward(self, x):
-        _check_finite(x, 'VQVAE input')
+        check_finite(x, 'VQVAE input')
         z = self.encoder(x)
         z_q, indices, info = self.quantizer(z)
         return {'x_recon': self.decoder(z_q), 'z': z, 'z_q': z_q, 'z_q_hard': info['z_q_hard'], 'indices': indices}
@@ -339,7 +330,7 @@ def rd_gaussian_init(codebook_size: int, dim: int, data: torch.Tensor, seed: int
     if data.ndim != 2 or data.shape[1] != dim:
         raise ValueError(f"rd_gaussian_init: data must be latents [n, {dim}] (encode the data first), got shape {tuple(data.shape)}")
     if len(data) < 2: raise ValueError(f"rd_gaussian_init needs at least 2 latents to estimate a covariance, got {len(data)}")
-    _check_finite(data, 'rd_gaussian_init data')
+    check_finite(data, 'rd_gaussian_init data')
     V, lam = pca_basis(data.float(), dim)
     theta = water_level(lam.cpu(), math.log2(codebook_size))
     std = (lam.double() - theta).clamp_min(0).sqrt().float()

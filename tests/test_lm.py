@@ -83,7 +83,11 @@ def test_fit_score_generate_keep_the_prompt(kw):
 def test_prompt_errors_and_infill():
     lm = quiet_fit(tiny())
     with pytest.raises(ValueError, match='more than the 8 to generate'): lm.generate("speak " * 9)
-    with pytest.raises(ValueError, match='longer than the model'): lm.generate(length=9)
+    for kw, msg in ((dict(length=0), 'length must be a positive'), (dict(length=-3), 'length must be a positive'),
+                    (dict(block=8), r'block must be in \[1, 7\]'), (dict(block=0), 'block must be'),
+                    (dict(temperature=-1.0), 'temperature must be >= 0'), (dict(top_k=0), 'top_k must be'),
+                    (dict(num_samples=0), 'num_samples')):
+        with pytest.raises(ValueError, match=msg): lm.generate(**kw)
     with pytest.raises(ValueError, match="sampler must be"): lm.generate(sampler='beam')
     with pytest.warns(UserWarning, match='zyzzyva'): lm.generate("zyzzyva speak", length=8)
     r = lm.infill("you are ___ resolved ___ to die", num_samples=3)
@@ -93,6 +97,51 @@ def test_prompt_errors_and_infill():
     assert (r['tokens'] != lm.process.mask_id).all()
     with pytest.raises(ValueError, match='no blank'): lm.infill("no blank here")
     with pytest.raises(ValueError, match='cannot infill'): tiny(model='ar').infill("you ___ all")
+
+
+@pytest.mark.parametrize('model', ['diffusion', 'ar'])
+def test_any_length_keeps_the_prompt_and_conditions_each_block_on_the_last_tokens(model, monkeypatch):
+    lm = tiny(model=model)                                              # context 8
+    prompt = "first citizen : you are all resolved rather to die"       # 10 tokens: longer than the context
+    p = lm.encode_prompt(prompt)
+    r = lm.sample(prompt, length=40, steps=3, num_samples=2, block=3, seed=2)
+    assert r['tokens'].shape == (2, 40) and (r['tokens'][:, :len(p)] == p).all() and (r['tokens'] < lm.vocab_size).all()
+    assert r['texts'][0].startswith('first citizen: you are all resolved rather to die')
+    if model == 'ar':
+        # block 1 is nanoGPT's window: each token the argmax given <bos> and the 7 tokens before it
+        g = lm.sample(prompt, length=30, temperature=0, block=1, seed=0)['tokens'][0]
+        with torch.no_grad():
+            for i in range(len(p), 30):
+                ctx = torch.cat([torch.tensor([lm.vocab_size]), g[max(0, i - 7):i]])[None]
+                assert lm.net(ctx)[0, -1].argmax().item() == g[i].item(), i
+        return
+    import vtd.lm as vlm
+    windows, real = [], vlm.ancestral_sample
+    monkeypatch.setattr(vlm, 'ancestral_sample', lambda *a, **k: windows.append(k['x_init'].clone()) or real(*a, **k))
+    r = lm.sample(prompt, length=24, steps=3, num_samples=2, block=3, seed=2)
+    x, M = r['tokens'], lm.process.mask_id
+    # 10 prompt tokens then blocks of 3 new ones, each window the 5 tokens before it, and a last block of 2 beside 6
+    assert [int((w == M).sum(1)[0]) for w in windows] == [3, 3, 3, 3, 2] and all(w.shape[1] == 8 for w in windows)
+    at = len(p)
+    for w in windows:
+        n_new = int((w == M).sum(1)[0])
+        assert (w[:, -n_new:] == M).all() and torch.equal(w[:, :-n_new], x[:, at - (8 - n_new):at]); at += n_new
+    h = lm.sample(prompt, length=20, steps=2, record=True, block=4)['history']
+    assert h[-1]['tokens'].shape == (1, 20) and [e['step'] for e in h] == list(range(1, len(h) + 1))
+    assert all(e['tokens'].shape == e['confidence'].shape for e in h) and len({e['tokens'].shape[1] for e in h}) > 1
+
+
+@pytest.mark.parametrize('model', ['diffusion', 'ar'])
+def test_greedy_at_temperature_zero_and_top_k(model):
+    lm = quiet_fit(tiny(model=model))
+    kw = dict(length=20, steps=4, sampler='maskgit', num_samples=3, block=4)
+    greedy = [lm.sample("first citizen", temperature=0, seed=s, **kw)['tokens'] for s in (0, 1)]
+    assert torch.equal(*greedy) and (greedy[0][0] == greedy[0][1]).all()          # no draw is left to chance
+    top1 = [lm.sample("first citizen", top_k=1, seed=s, **kw)['tokens'] for s in (0, 1)]
+    assert torch.equal(*top1)
+    if model == 'ar': assert torch.equal(top1[0], greedy[0])
+    drawn = lm.sample("first citizen", seed=0, **kw)['tokens']
+    assert not torch.equal(drawn, greedy[0]) and torch.equal(drawn, lm.sample("first citizen", seed=0, **kw)['tokens'])
 
 
 def test_save_load_round_trip_and_refusals(tmp_path):

@@ -114,10 +114,41 @@ def test_generate_with_and_without_cache_draws_the_same_tokens():
     assert not torch.equal(x0, x1)
 
 
+@pytest.mark.parametrize('rope', [False, True])
+def test_generate_slides_its_window_past_the_context(rope):
+    "Any length: each token past the context is the pick of the window the docstring names, with and without the cache."
+    model, W = gpt(4, rope=rope), 16
+    greedy = lambda l: l.argmax(-1)
+    prompt = torch.randint(0, 30, (3, 5))
+    def reference(x, n, sink, window_of):
+        "One full pass per token over the window `window_of(length)` (start of its recent part) says."
+        for _ in range(n):
+            start = window_of(x.shape[1])
+            ctx = x if x.shape[1] <= W else torch.cat([x[:, :sink], x[:, start:]], 1)
+            with torch.no_grad(): x = torch.cat([x, model(ctx)[:, -1].argmax(-1, keepdim=True)], 1)
+        return x
+    fullest = reference(prompt, 40, 1, lambda n: n - (W - 1))
+    for use_cache in (False, True):
+        out = generate(model, prompt, 40, pick=greedy, use_cache=use_cache, sink=1)
+        assert out.shape == (3, 45) and torch.equal(out[:, :5], prompt) and torch.equal(out, fullest), use_cache
+    # keep=10: the cache is re-primed from the sink and the last 10 tokens, then filled to 16 positions token by token
+    state = {}
+    def primed_at(n, keep=10, sink=1):
+        if n <= W: return 0
+        if state.get('pos', W) >= W: state['start'], state['pos'] = n - keep, sink + keep
+        else: state['pos'] += 1
+        return state['start']
+    assert torch.equal(generate(model, prompt, 40, pick=greedy, keep=10, sink=1), reference(prompt, 40, 1, primed_at))
+    long_prompt = torch.randint(0, 30, (2, 30))                  # a prompt longer than the context is kept whole
+    out = generate(model, long_prompt, 5, pick=greedy)
+    assert out.shape == (2, 35) and torch.equal(out[:, :30], long_prompt)
+
+
 def test_generate_and_sample_logits_refuse_bad_input():
     model = gpt()
-    with pytest.raises(ValueError, match='exceeds the context'): generate(model, torch.zeros(2, 4, dtype=torch.long), 14)
-    generate(model, torch.zeros(2, 4, dtype=torch.long), 13)      # 4 + 13 - 1 = 16 positions fed: fits
+    with pytest.raises(ValueError, match='keep'): generate(model, torch.zeros(2, 4, dtype=torch.long), 14, keep=0)
+    with pytest.raises(ValueError, match='keep'): generate(model, torch.zeros(2, 4, dtype=torch.long), 14, keep=16, sink=1)
+    with pytest.raises(ValueError, match='sink'): generate(model, torch.zeros(2, 4, dtype=torch.long), 14, sink=5)
     with pytest.raises(ValueError, match='prompt'): generate(model, torch.zeros(2, 0, dtype=torch.long), 3)
     with pytest.raises(ValueError, match='prompt'): generate(model, torch.zeros(2, 1), 3)
     with pytest.raises(ValueError, match='causal'): generate(gpt(causal=False), torch.zeros(2, 1, dtype=torch.long), 3)

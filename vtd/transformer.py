@@ -189,23 +189,35 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
 # %% ../nbs/05a_transformer.ipynb
 @torch.no_grad()
 def generate(model: Transformer, prompt: torch.Tensor, n_new: int, pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             use_cache: bool = True, **cond) -> torch.Tensor:
+             use_cache: bool = True, keep: int | None = None, sink: int = 0, **cond) -> torch.Tensor:
     """`prompt` `[B, P]` (P >= 1, torch.long) extended by `n_new` tokens, one at a time: returns `[B, P + n_new]`,
     starting with `prompt` exactly. `pick(logits [B, n_out]) -> ids [B]` chooses each next token (default:
     `sample_logits` at temperature 1); `use_cache` feeds only the newest token per step and reuses the keys and
-    values of the others; `cond` (`class_label=`, `t=`) goes to every forward pass. Runs in eval mode."""
+    values of the others; `cond` (`class_label=`, `t=`) goes to every forward pass. Runs in eval mode.
+
+    Any length: once the sequence outgrows the context (`block_size`), the window slides. It holds the first `sink`
+    tokens (a beginning-of-sequence token the model always saw at position 0) and the latest others. Without the
+    cache every step reads the fullest window (nanoGPT's `max_new_tokens`); with it, a full cache is re-primed in one
+    pass from the sink and the last `keep` tokens (default `block_size - sink`: the fullest window again, one pass per
+    token), then fed token by token until it is full: a smaller `keep` trades context for passes over fewer tokens."""
     if not model.cfg.causal: raise ValueError("generate needs a causal transformer")
     if prompt.dtype != torch.long or prompt.ndim != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be a [batch, length >= 1] torch.long tensor, got {prompt.dtype} of shape {tuple(prompt.shape)}")
     if n_new < 0: raise ValueError(f"n_new must be >= 0, got {n_new}")
-    if prompt.shape[1] + n_new - 1 > model.cfg.block_size:  # the last new token is never fed back
-        raise ValueError(f"prompt of {prompt.shape[1]} + {n_new} new tokens exceeds the context of {model.cfg.block_size}")
+    W = model.cfg.block_size
+    if not 0 <= sink < min(W, prompt.shape[1] + 1): raise ValueError(f"sink must be in [0, min(block_size, prompt length)], got {sink}")
+    keep = W - sink if keep is None else keep
+    if not 1 <= keep <= W - sink: raise ValueError(f"keep must be in [1, block_size - sink] = [1, {W - sink}], got {keep}")
+    window = lambda x, k: x if x.shape[1] <= W else torch.cat([x[:, :sink], x[:, x.shape[1] - k:]], 1)
     pick = pick or sample_logits
     was = model.training; model.eval()
-    x, cache = prompt, (model.new_cache() if use_cache else None)
+    x, cache, pos = prompt, None, 0      # pos: the positions the cache holds
     for i in range(n_new):
-        if use_cache: logits = model(x if i == 0 else x[:, -1:], cache=cache, pos_offset=0 if i == 0 else x.shape[1] - 1, **cond)
-        else: logits = model(x, **cond)
+        if not use_cache: logits = model(window(x, W - sink), **cond)
+        elif cache is None or pos >= W:  # (re)prime: one pass over the window, keys and values kept
+            ctx = window(x, keep); cache = model.new_cache(); pos = ctx.shape[1]
+            logits = model(ctx, cache=cache, **cond)
+        else: logits = model(x[:, -1:], cache=cache, pos_offset=pos, **cond); pos += 1
         x = torch.cat([x, pick(logits[:, -1]).view(len(x), 1).to(x)], 1)
     model.train(was)
     return x

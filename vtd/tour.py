@@ -13,11 +13,12 @@ from .core import cache_root
 
 # %% auto 0
 __all__ = ['HEADLINES', 'RECORD', 'RESULTS_MARK', 'WIDGET_STATE', 'WIDGET_VIEW', 'HTML_MANAGER_SPEC', 'HTML_MANAGER_CDN',
-           'LUNR_SPEC', 'find_notebooks', 'repo_root', 'run_notebook', 'headline', 'format_results_table', 'tour_main',
-           'machine_info', 'git_commit', 'update_record', 'results_markdown', 'write_results', 'results_page_markdown',
-           'readme_from_index', 'write_readme', 'docs_main', 'process_notebook', 'api_entries', 'documented_names',
-           'progress_text', 'prepare_executed', 'npm_package', 'html_manager_js', 'lunr_js', 'read_executed_notebook',
-           'front_matter', 'notebook_title', 'quarto_cells', 'search_sections', 'build_site']
+           'LUNR_SPEC', 'KATEX_SPEC', 'find_notebooks', 'repo_root', 'run_notebook', 'headline', 'format_results_table',
+           'tour_main', 'machine_info', 'git_commit', 'update_record', 'results_markdown', 'write_results',
+           'results_page_markdown', 'readme_from_index', 'write_readme', 'docs_main', 'process_notebook', 'api_entries',
+           'documented_names', 'progress_text', 'prepare_executed', 'npm_package', 'html_manager_js', 'lunr_js',
+           'katex_dist', 'read_executed_notebook', 'front_matter', 'notebook_title', 'quarto_cells', 'search_sections',
+           'build_site']
 
 # %% ../nbs/90_tour.ipynb
 def find_notebooks(nbs_dir: str | Path, pattern: str = '[0-9]*.ipynb') -> list[Path]:
@@ -395,6 +396,7 @@ def prepare_executed(nb: Mapping) -> dict:
 HTML_MANAGER_SPEC = '@jupyter-widgets/html-manager@^1.0.0'  # the manager of ipywidgets 8 (widget protocol 2)
 HTML_MANAGER_CDN = 'https://cdn.jsdelivr.net/npm/@jupyter-widgets/html-manager@^1.0.0/dist/embed.js'
 LUNR_SPEC = 'lunr@^2.3.9'
+KATEX_SPEC = 'katex@^0.16.0'  # typesets the TeX in the prose; its auto-render finds `$...$` in the page
 
 # %% ../nbs/90_tour.ipynb
 def npm_package(spec: str, cache: str | Path, npm: str | None = None) -> Path | None:
@@ -429,6 +431,14 @@ def lunr_js(cache_dir: str | Path | None = None, npm: str | None = None) -> Path
     "Path of `lunr.min.js` (the search library, fetched once into `cache_dir`, default `$VTD_CACHE/lunr`), or None."
     pkg = npm_package(LUNR_SPEC, Path(cache_dir) if cache_dir else cache_root() / 'lunr', npm)
     return pkg / 'lunr.min.js' if pkg and (pkg / 'lunr.min.js').exists() else None
+
+def katex_dist(cache_dir: str | Path | None = None, npm: str | None = None) -> Path | None:
+    "KaTeX's `dist/` folder (katex.min.js, katex.min.css, fonts/, contrib/auto-render.min.js), fetched once into `cache_dir` (default `$VTD_CACHE/katex`), or None."
+    pkg = npm_package(KATEX_SPEC, Path(cache_dir) if cache_dir else cache_root() / 'katex', npm)
+    dist = pkg / 'dist' if pkg else None
+    need = ('katex.min.js', 'katex.min.css', 'contrib/auto-render.min.js')
+    if pkg and not all((dist / n).exists() for n in need): print(f"katex_dist: {pkg} lacks one of {need}", file=sys.stderr); return None
+    return dist
 
 def _online(host: str = 'cdn.jsdelivr.net', port: int = 443, timeout: float = 3.0) -> bool:
     import socket
@@ -655,9 +665,29 @@ def _assets(site_dir: Path, widgets: str, cache_dir) -> tuple[str, str, str, str
     search = 'lunr (site/_static/lunr.min.js)' if lunr else 'plain word matching (lunr could not be fetched with npm)'
     return kind, renderer, note, search
 
-def _scripts(lunr: bool) -> str:
-    return (('<script src="_static/lunr.min.js"></script>' if lunr else '') +
+def _scripts(lunr: bool, math: bool = False) -> str:
+    return (('<script src="_static/lunr.min.js"></script>' if lunr else '') + (_MATH_HTML if math else '') +
             '<script src="_static/search-docs.js"></script><script src="_static/vtd-search.js"></script>')
+
+# KaTeX typesets the prose's TeX (markdown cells and Markdown outputs), never code or printed text
+_MATH_HTML = ('<link rel="stylesheet" href="_static/katex/katex.min.css"><script src="_static/katex/katex.min.js"></script>'
+              '<script src="_static/katex/contrib/auto-render.min.js"></script><script>document.querySelectorAll('
+              '".jp-RenderedMarkdown").forEach(function (el) { renderMathInElement(el, {delimiters: ['
+              '{left: "$$", right: "$$", display: true}, {left: "\\\\[", right: "\\\\]", display: true}, '
+              '{left: "$", right: "$", display: false}, {left: "\\\\(", right: "\\\\)", display: false}], '
+              'ignoredTags: ["script", "noscript", "style", "textarea", "pre", "code"], throwOnError: false}); });</script>')
+
+def _math_assets(site_dir: Path, cache_dir) -> str | None:
+    "Copy KaTeX (script, style sheet, woff2 fonts, auto-render) into the site; return a note, or None when npm could not fetch it."
+    dist = katex_dist(cache_dir and Path(cache_dir) / 'katex')
+    if dist is None: return None
+    dest = site_dir / '_static' / 'katex'; (dest / 'fonts').mkdir(parents=True, exist_ok=True); (dest / 'contrib').mkdir(exist_ok=True)
+    for name in ('katex.min.js', 'katex.min.css', 'contrib/auto-render.min.js'): shutil.copy2(dist / name, dest / name)
+    for f in (dist / 'fonts').glob('*.woff2'): shutil.copy2(f, dest / 'fonts' / f.name)  # every browser that runs KaTeX reads woff2
+    for f in (dist.parent / 'LICENSE',):
+        if f.exists(): shutil.copy2(f, dest / f.name)
+    version = json.loads((dist.parent / 'package.json').read_text()).get('version', '?')
+    return f"KaTeX {version} (site/_static/katex)"
 
 # %% ../nbs/90_tour.ipynb
 def _render_lesson(path: Path, work: Path, nbs_dir: Path | None, exporter, site_url) -> dict:
@@ -726,7 +756,7 @@ def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'a
     `widgets` says where pages load the widget manager from: 'local' (the site's copy, fetched with npm), 'cdn',
     'none', or 'auto' (local, else the CDN when online, else none). `nbs_dir` is where nbdev's processing runs
     (default: the repository's `nbs/`); `record` a record of full runs for the results page. Returns
-    {'pages', 'index', 'widgets', 'widgets_note', 'search_note', 'errors'}."""
+    {'pages', 'index', 'widgets', 'widgets_note', 'search_note', 'math_note', 'errors'}."""
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
     executed_dir, site_dir = Path(executed_dir), Path(site_dir)
@@ -739,10 +769,11 @@ def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'a
         except FileNotFoundError: nbs_dir = None
     site_dir.mkdir(parents=True, exist_ok=True)
     kind, renderer, note, search_note = _assets(site_dir, widgets, cache_dir)
+    math_note = _math_assets(site_dir, cache_dir)
     exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)  # Quarto shows no prompts
     exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'vtd-hide-input'}), enabled=True)
     exporter.widget_renderer_url, exporter.require_js_url = renderer, ''  # the standalone embed.js needs no require.js
-    if kind != 'cdn': exporter.mathjax_url = ''  # offline: TeX stays as source rather than a failed request
+    if math_note or kind != 'cdn': exporter.mathjax_url = ''  # KaTeX typesets offline; without it and offline, TeX stays source
     with tempfile.TemporaryDirectory() as work:
         pages = [_render_lesson(p, Path(work), Path(nbs_dir) if nbs_dir else None, exporter, _site_url(nbs_dir)) for p in nbs]
     record = Path(record) if record and Path(record).exists() else None
@@ -750,7 +781,7 @@ def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'a
     everything = top + pages
     summary = {}
     if (executed_dir / 'summary.json').exists(): summary = {r['notebook']: r for r in json.loads((executed_dir / 'summary.json').read_text())}
-    stems, docs, scripts = {p['stem']: p['file'] for p in pages}, [], _scripts((site_dir / '_static' / 'lunr.min.js').exists())
+    stems, docs, scripts = {p['stem']: p['file'] for p in pages}, [], _scripts((site_dir / '_static' / 'lunr.min.js').exists(), bool(math_note))
     for p in pages:
         body = _lower_ids(_link_pages(p['body'], stems))
         body = body.replace('</head>', _NO_FAVICON + _NAV_CSS + '\n</head>', 1)
@@ -766,7 +797,7 @@ def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'a
     (site_dir / '_static' / 'search-docs.js').write_text('window.VTD_SEARCH_DOCS = ' + json.dumps(docs, ensure_ascii=False) + ';\n', encoding='utf-8')
     errors = {p['stem']: p['error'] for p in pages if p['error']}
     if not quiet:
-        print(f"build_site: {len(pages)} lessons -> {site_dir}/ ; widget manager: {note}; search: {search_note}")
+        print(f"build_site: {len(pages)} lessons -> {site_dir}/ ; widget manager: {note}; search: {search_note}; maths: {math_note or 'TeX as source (KaTeX could not be fetched with npm)'}")
         for stem, e in errors.items(): print(f"build_site: nbdev's processing of {stem} failed, its page is unprocessed: {e}", file=sys.stderr)
     return {'pages': [site_dir / p['file'] for p in pages], 'index': index, 'widgets': kind, 'widgets_note': note,
-            'search_note': search_note, 'errors': errors}
+            'search_note': search_note, 'math_note': math_note, 'errors': errors}

@@ -12,9 +12,10 @@ from typing import Any, Mapping
 from .core import cache_root
 
 # %% auto 0
-__all__ = ['HEADLINES', 'RECORD', 'RESULTS_MARK', 'WIDGET_STATE', 'WIDGET_VIEW', 'HTML_MANAGER_SPEC', 'HTML_MANAGER_CDN',
-           'LUNR_SPEC', 'KATEX_SPEC', 'find_notebooks', 'repo_root', 'run_notebook', 'headline', 'format_results_table',
-           'tour_main', 'machine_info', 'git_commit', 'update_record', 'results_markdown', 'write_results',
+__all__ = ['HEADLINES', 'RECORD', 'RESULTS_MARK', 'COURSE', 'TIME_PREFIX', 'START_MARK', 'WIDGET_STATE', 'WIDGET_VIEW',
+           'HTML_MANAGER_SPEC', 'HTML_MANAGER_CDN', 'LUNR_SPEC', 'KATEX_SPEC', 'find_notebooks', 'repo_root',
+           'run_notebook', 'headline', 'format_results_table', 'tour_main', 'machine_info', 'git_commit',
+           'update_record', 'results_markdown', 'time_line', 'course_markdown', 'write_results', 'write_time_lines',
            'results_page_markdown', 'readme_from_index', 'write_readme', 'docs_main', 'process_notebook', 'api_entries',
            'documented_names', 'progress_text', 'prepare_executed', 'npm_package', 'html_manager_js', 'lunr_js',
            'katex_dist', 'read_executed_notebook', 'front_matter', 'notebook_title', 'quarto_cells', 'search_sections',
@@ -240,17 +241,79 @@ def results_markdown(record: str | Path | Mapping) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/90_tour.ipynb
+COURSE: list[tuple[str, str, str]] = [  # lesson, what it needs from earlier lessons, the maths it assumes
+    ('00_core', 'nothing', 'mean squared error'),
+    ('01_data', '00', 'none'),
+    ('02_fractal', '00, 01 (uses 03\'s quantizer as a part)', 'PSNR (dB), k-means, bits per pixel'),
+    ('03_vq', '00', 'Gaussian distributions, eigenvalues; D(R) is introduced here'),
+    ('04_spatial_vae', '00, 01', 'the VAE objective (ELBO, KL divergence), PCA'),
+    ('05_geodesic', '03, 04', 'k-medoids, shortest paths on a graph (Dijkstra)'),
+    ('05a_transformer', '00', 'attention (softmax of dot products), rotary positions'),
+    ('05b_metrics', '00, 01', 'means and covariances (Fréchet distance), entropy'),
+    ('06_prior', '04, 05, 05a, 05b', 'cross-entropy in bits, sampling with temperature and top-k'),
+    ('07_visual_tokens', '00, 01', 'cosine similarity, Gumbel-softmax, binomial counts'),
+    ('08_diffusion', '05a, 05b, 07 (06 for the image prior)', 'masked and uniform discrete diffusion, the ELBO, bits per word'),
+    ('09_lm', '07, 08', 'as 08'),
+    ('09a_cli', '09', 'none'),
+]
+TIME_PREFIX = '**Time:**'  # the line of a lesson's first screen that `write_results` rewrites from the record
+START_MARK = '<!-- start here: generated from vtd.tour.COURSE and results/full.json by vtd.tour.write_results; do not edit -->'
+
+def _cores(data: Mapping) -> str:
+    cores = sorted({str(e['machine'].get('cores', '?')) for e in data['lessons'].values()})
+    return ' or '.join(cores) or '?'
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+def time_line(lesson: str, record: str | Path | Mapping) -> str:
+    "The **Time:** line of `lesson`'s first screen: its full setting's seconds from the record of full runs."
+    data = record if isinstance(record, Mapping) else json.loads(Path(record).read_text())
+    e = data['lessons'].get(lesson)
+    if e is None: return f"{TIME_PREFIX} not measured yet (no full run of `{lesson}` in `{RECORD}`)."
+    return (f"{TIME_PREFIX} about {_duration(e['seconds'])} in its full setting on {e['machine'].get('cores', '?')} CPU cores "
+            f"(the record of full runs, `{RECORD}`, commit `{e['commit'][:7]}`); the smoke setting (`smoke = True`, what "
+            "the tests run) is a small fraction of that.")
+
+def course_markdown(record: str | Path | Mapping) -> str:
+    "README's lesson order: each lesson, what it needs, its maths and its full run's time, from `COURSE` and the record."
+    data = record if isinstance(record, Mapping) else json.loads(Path(record).read_text())
+    lines = [START_MARK, '', f'| # | lesson | needs lessons | maths it assumes or teaches | full setting, {_cores(data)} CPU cores |', '|---:|---|---|---|---:|']
+    total = 0.0
+    for n, (lesson, needs, maths) in enumerate(COURSE, 1):
+        e = data['lessons'].get(lesson); total += e['seconds'] if e else 0
+        lines.append(f"| {n} | `{lesson}` | {needs} | {maths} | {_duration(e['seconds']) if e else 'not measured'} |")
+    lines.append(f"| | all lessons | | | {_duration(total)} |")
+    return '\n'.join(lines)
+
+# %% ../nbs/90_tour.ipynb
 def write_results(repo: str | Path = '.', record: str | Path | None = None) -> list[Path]:
-    "Regenerate, from the record, the results cell of `nbs/index.ipynb`, README.md and the page `nbs/results.md`."
+    "Regenerate, from the record, the results and start-here cells of `nbs/index.ipynb`, README.md, the page `nbs/results.md` and the lessons' **Time:** lines."
     repo = Path(repo); table = results_markdown(record or repo / RECORD)
     index = repo / 'nbs' / 'index.ipynb'; nb = json.loads(index.read_text(encoding='utf-8'))
     cells = [c for c in nb['cells'] if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith(RESULTS_MARK)]
     if len(cells) != 1: raise ValueError(f"{index} needs exactly one markdown cell starting with {RESULTS_MARK!r}, found {len(cells)}")
     cells[0]['source'] = [l + '\n' for l in table.split('\n')[:-1]] + [table.split('\n')[-1]]
+    start = [c for c in nb['cells'] if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith(START_MARK)]
+    if len(start) != 1: raise ValueError(f"{index} needs exactly one markdown cell starting with {START_MARK!r}, found {len(start)}")
+    course = course_markdown(record or repo / RECORD)
+    start[0]['source'] = [l + '\n' for l in course.split('\n')[:-1]] + [course.split('\n')[-1]]
     index.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
     page = repo / 'nbs' / 'results.md'
     page.write_text(results_page_markdown(table), encoding='utf-8')
-    return [index, write_readme(repo), page]
+    return [index, write_readme(repo), page] + write_time_lines(repo, record)
+
+def write_time_lines(repo: str | Path = '.', record: str | Path | None = None) -> list[Path]:
+    "Rewrite the **Time:** line of each lesson's first screen from the record; return the notebooks changed."
+    repo = Path(repo); data = json.loads(Path(record or repo / RECORD).read_text()); changed = []
+    for lesson, *_ in COURSE:
+        path = repo / 'nbs' / f'{lesson}.ipynb'; nb = json.loads(path.read_text(encoding='utf-8')); hit = False
+        for c in nb['cells']:
+            if c['cell_type'] != 'markdown': continue
+            src = [time_line(lesson, data) + ('\n' if l.endswith('\n') else '') if l.startswith(TIME_PREFIX) else l for l in c['source']]
+            if src != c['source']: c['source'], hit = src, True
+        if hit: path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8'); changed.append(path)
+    return changed
 
 def results_page_markdown(table: str) -> str:
     "The results page (Quarto renders `nbs/results.md`): a title, what the figures are, the table."

@@ -68,11 +68,12 @@ def site(tmp_path_factory):
     return out / 'site'
 
 
-PAGES = ['index.html', 'links.html', 'widgets.html']
+PAGES = ['glossary.html', 'index.html', 'links.html', 'widgets.html']
 
 
 def test_site_has_a_page_per_notebook_and_an_index(site):
     assert sorted(p.name for p in site.glob('*.html')) == PAGES
+    assert 'href="glossary.html"' in (site / 'links.html').read_text(), "the lessons' link to glossary.md must point at its page"
     index = (site / 'index.html').read_text()
     assert 'widgets.html' in index and 'links.html' in index and 'largest: <b>9</b>' in index
     links = (site / 'links.html').read_text()

@@ -690,7 +690,8 @@ def _link_pages(html_text: str, pages: Mapping[str, str]) -> str:
     def fix(m):
         page = pages.get(m.group(2))
         return f'{m.group(1)}{page}{(m.group(3) or "").lower()}"' if page else m.group(0)
-    return re.sub(r'(href=")(?:\./)?([\w.-]+)\.ipynb(#[^"]*)?"', fix, html_text)
+    html_text = re.sub(r'(href=")(?:\./)?([\w.-]+)\.ipynb(#[^"]*)?"', fix, html_text)
+    return re.sub(r'href="(?:\./)?glossary\.md(#[^"]*)?"', lambda m: f'href="glossary.html{(m.group(1) or "").lower()}"', html_text) if 'glossary' in pages else html_text
 
 def _lower_ids(html_text: str) -> str:
     "Lower-case heading ids and same-page anchors."
@@ -811,6 +812,15 @@ def _results_body(record: Path) -> str:
             '<table><tr><th>lesson</th><th>headline figures (full mode)</th><th>seconds</th><th>machine</th><th>commit, date</th></tr>'
             + ''.join(trs) + '</table>')
 
+def _glossary_page(path: Path | None, exporter) -> dict | None:
+    "The glossary (`nbs/glossary.md`, a Quarto page) rendered like a lesson's prose, so the lessons' links to it work offline too."
+    if path is None or not path.exists(): return None
+    import nbformat
+    text = re.sub(r'\A---\s*\n.*?\n---\s*\n', '', path.read_text(encoding='utf-8'), flags=re.S)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('# Glossary\n\n' + text)])
+    body, _ = exporter.from_notebook_node(nb, resources={'metadata': {'name': 'Glossary'}})
+    return {'stem': 'glossary', 'file': 'glossary.html', 'title': 'Glossary', 'body': body}
+
 # %% ../nbs/90_tour.ipynb
 def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'auto', cache_dir: str | Path | None = None,
                quiet: bool = False, nbs_dir: str | Path | None = None, record: str | Path | None = None) -> dict:
@@ -840,15 +850,17 @@ def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'a
     with tempfile.TemporaryDirectory() as work:
         pages = [_render_lesson(p, Path(work), Path(nbs_dir) if nbs_dir else None, exporter, _site_url(nbs_dir)) for p in nbs]
     record = Path(record) if record and Path(record).exists() else None
-    top = [{'file': 'index.html', 'stem': 'index', 'title': 'Home: all lessons'}] + ([{'file': 'results.html', 'stem': 'results', 'title': 'Results of the full runs'}] if record else [])
+    glossary = _glossary_page(Path(nbs_dir) / 'glossary.md' if nbs_dir else None, exporter)
+    top = ([{'file': 'index.html', 'stem': 'index', 'title': 'Home: all lessons'}] + ([{'file': 'results.html', 'stem': 'results', 'title': 'Results of the full runs'}] if record else [])
+           + ([glossary] if glossary else []))
     everything = top + pages
     summary = {}
     if (executed_dir / 'summary.json').exists(): summary = {r['notebook']: r for r in json.loads((executed_dir / 'summary.json').read_text())}
-    stems, docs, scripts = {p['stem']: p['file'] for p in pages}, [], _scripts((site_dir / '_static' / 'lunr.min.js').exists(), bool(math_note))
-    for p in pages:
+    stems, docs, scripts = {p['stem']: p['file'] for p in pages + ([glossary] if glossary else [])}, [], _scripts((site_dir / '_static' / 'lunr.min.js').exists(), bool(math_note))
+    for p in pages + ([glossary] if glossary else []):
         body = _lower_ids(_link_pages(p['body'], stems))
         body = body.replace('</head>', _NO_FAVICON + _NAV_CSS + '\n</head>', 1)
-        body = body.replace('<main>', '<main>\n' + _sidebar(everything, p['file']) + _page_top(p, summary.get(p['stem'] + '.ipynb')), 1)
+        body = body.replace('<main>', '<main>\n' + _sidebar(everything, p['file']) + (_page_top(p, summary.get(p['stem'] + '.ipynb')) if p.get('lesson') else ''), 1)
         body = body.replace('</body>', scripts + '\n</body>', 1)
         (site_dir / p['file']).write_text(body, encoding='utf-8')
         docs += search_sections(body, p['file'], p['title'] or p['stem'])

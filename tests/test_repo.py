@@ -47,6 +47,31 @@ def test_results_section_and_page_are_what_the_record_says():
     assert table.startswith(RESULTS_MARK)
 
 
+def test_start_here_and_lesson_times_are_what_the_record_says():
+    "README's lesson order and every lesson's first-screen **Time:** line come from COURSE and results/full.json."
+    from vtd.tour import COURSE, RECORD, START_MARK, TIME_PREFIX, course_markdown, time_line
+    record = json.loads((REPO / RECORD).read_text())
+    assert [l for l, *_ in COURSE] == [p.stem for p in sorted(REPO.glob('nbs/[0-9]*.ipynb')) if p.stem != '90_tour']
+    table = course_markdown(record)
+    assert table.startswith(START_MARK) and table in (REPO / 'README.md').read_text(), "README's start-here table is stale (write_results)"
+    for lesson, *_ in COURSE:
+        nb = json.loads((REPO / 'nbs' / f'{lesson}.ipynb').read_text())
+        lines = [l.rstrip('\n') for c in nb['cells'] if c['cell_type'] == 'markdown' for l in c['source'] if l.startswith(TIME_PREFIX)]
+        assert lines == [time_line(lesson, record)], f"{lesson}: its first screen's time line is missing or stale (write_results): {lines}"
+        first = next(''.join(c['source']) for c in nb['cells'][1:] if c['cell_type'] == 'markdown')
+        assert 'What you will learn' in first and 'glossary' in first, f"{lesson}: the cell after the title is not the first screen"
+
+
+def test_glossary_page_defines_the_terms_and_is_in_the_docs():
+    import yaml
+    text = (REPO / 'nbs' / 'glossary.md').read_text()
+    for term in ('PSNR', 'SSIM', 'ELBO', 'Bits per word', 'k-medoids', 'STE', 'Rotary positions', 'Fréchet distance',
+                 'Classifier-free guidance', 'Codebook', 'perplexity', 'absorbing', 'uniform diffusion', 'KV cache'):
+        assert f'**{term}' in text or term in text, term
+    cfg = yaml.safe_load((REPO / '_quarto.yml').read_text())
+    assert 'glossary.md' in cfg['website']['sidebar']['contents'], "the glossary is missing from the docs' sidebar"
+
+
 def test_readme_gives_the_two_commands():
     text = (REPO / 'README.md').read_text()
     assert 'vtd-tour' in text and 'python -m pytest tests' in text

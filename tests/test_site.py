@@ -68,11 +68,12 @@ def site(tmp_path_factory):
     return out / 'site'
 
 
-PAGES = ['index.html', 'links.html', 'widgets.html']
+PAGES = ['glossary.html', 'index.html', 'links.html', 'widgets.html']
 
 
 def test_site_has_a_page_per_notebook_and_an_index(site):
     assert sorted(p.name for p in site.glob('*.html')) == PAGES
+    assert 'href="glossary.html"' in (site / 'links.html').read_text(), "the lessons' link to glossary.md must point at its page"
     index = (site / 'index.html').read_text()
     assert 'widgets.html' in index and 'links.html' in index and 'largest: <b>9</b>' in index
     links = (site / 'links.html').read_text()
@@ -94,6 +95,8 @@ def test_pages_show_what_quarto_shows(site):
         assert 'vtd-sidebar' in page and '_static/search-docs.js' in page
     assert 'counting: 100%|██████████| 5/5' in widgets, "the finished progress bar is not shown as its final text"
     assert 'smoke mode' in widgets
+    if (site / '_static' / 'katex' / 'katex.min.js').exists():  # bundled: the pages typeset their TeX offline
+        assert '_static/katex/contrib/auto-render.min.js' in links and list((site / '_static' / 'katex' / 'fonts').glob('*.woff2'))
 
 
 # --- In the browser ------------------------------------------------------------------------------------------
@@ -182,6 +185,20 @@ def test_every_page_of_the_site_works_offline(site, serve, page, shots):
     figure.wait_for(timeout=20_000)
     assert page.evaluate('i => i.naturalWidth', figure.element_handle()) > 50
     page.locator('.widget-vbox').first.screenshot(path=str(shots / 'static-widget.png'))
+
+
+@pytest.mark.browser
+def test_formulas_are_typeset_offline(site, serve, page):
+    "The TeX in a lesson's prose renders as KaTeX (the site's own copy), not as its source."
+    if not (site / '_static' / 'katex' / 'katex.min.js').exists():
+        pytest.skip("KaTeX could not be bundled (no npm, or npm could not reach its registry)")
+    page.goto(serve(site) + 'links.html', wait_until='networkidle')
+    assert page.locator('.katex-display').count() == 1, "the displayed formula $$D(R) = ...$$ is not typeset"
+    assert page.locator('.katex').count() == 2, "the inline formula $x^2 + y^2$ is not typeset"
+    assert page.locator('.katex-error').count() == 0
+    prose = page.locator('.jp-RenderedMarkdown').all_inner_texts()
+    assert not any('$$' in t or '\\sum' in t for t in prose), "TeX source is still visible"
+    assert page.evaluate("() => document.fonts.check('16px KaTeX_Main')"), "KaTeX's fonts did not load"
 
 
 @pytest.mark.browser

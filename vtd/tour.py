@@ -12,12 +12,14 @@ from typing import Any, Mapping
 from .core import cache_root
 
 # %% auto 0
-__all__ = ['HEADLINES', 'RECORD', 'RESULTS_MARK', 'WIDGET_STATE', 'WIDGET_VIEW', 'HTML_MANAGER_SPEC', 'HTML_MANAGER_CDN',
-           'LUNR_SPEC', 'find_notebooks', 'repo_root', 'run_notebook', 'headline', 'format_results_table', 'tour_main',
-           'machine_info', 'git_commit', 'update_record', 'results_markdown', 'write_results', 'results_page_markdown',
-           'readme_from_index', 'write_readme', 'docs_main', 'process_notebook', 'api_entries', 'documented_names',
-           'progress_text', 'prepare_executed', 'npm_package', 'html_manager_js', 'lunr_js', 'read_executed_notebook',
-           'front_matter', 'notebook_title', 'quarto_cells', 'search_sections', 'build_site']
+__all__ = ['HEADLINES', 'RECORD', 'RESULTS_MARK', 'COURSE', 'TIME_PREFIX', 'START_MARK', 'WIDGET_STATE', 'WIDGET_VIEW',
+           'HTML_MANAGER_SPEC', 'HTML_MANAGER_CDN', 'LUNR_SPEC', 'KATEX_SPEC', 'find_notebooks', 'repo_root',
+           'run_notebook', 'headline', 'format_results_table', 'tour_main', 'machine_info', 'git_commit',
+           'update_record', 'results_markdown', 'time_line', 'course_markdown', 'write_results', 'write_time_lines',
+           'results_page_markdown', 'readme_from_index', 'write_readme', 'docs_main', 'process_notebook', 'api_entries',
+           'documented_names', 'progress_text', 'prepare_executed', 'npm_package', 'html_manager_js', 'lunr_js',
+           'katex_dist', 'read_executed_notebook', 'front_matter', 'notebook_title', 'quarto_cells', 'search_sections',
+           'build_site']
 
 # %% ../nbs/90_tour.ipynb
 def find_notebooks(nbs_dir: str | Path, pattern: str = '[0-9]*.ipynb') -> list[Path]:
@@ -240,17 +242,79 @@ def results_markdown(record: str | Path | Mapping) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/90_tour.ipynb
+COURSE: list[tuple[str, str, str]] = [  # lesson, what it needs from earlier lessons, the maths it assumes
+    ('00_core', 'nothing', 'mean squared error'),
+    ('01_data', '00', 'none'),
+    ('02_fractal', '00, 01 (uses 03\'s quantizer as a part)', 'PSNR (dB), k-means, bits per pixel'),
+    ('03_vq', '00', 'Gaussian distributions, eigenvalues; D(R) is introduced here'),
+    ('04_spatial_vae', '00, 01', 'the VAE objective (ELBO, KL divergence), PCA'),
+    ('05_geodesic', '03, 04', 'k-medoids, shortest paths on a graph (Dijkstra)'),
+    ('05a_transformer', '00', 'attention (softmax of dot products), rotary positions'),
+    ('05b_metrics', '00, 01', 'means and covariances (Fréchet distance), entropy'),
+    ('06_prior', '04, 05, 05a, 05b', 'cross-entropy in bits, sampling with temperature and top-k'),
+    ('07_visual_tokens', '00, 01', 'cosine similarity, Gumbel-softmax, binomial counts'),
+    ('08_diffusion', '05a, 05b, 07 (06 for the image prior)', 'masked and uniform discrete diffusion, the ELBO, bits per word'),
+    ('09_lm', '07, 08', 'as 08'),
+    ('09a_cli', '09', 'none'),
+]
+TIME_PREFIX = '**Time:**'  # the line of a lesson's first screen that `write_results` rewrites from the record
+START_MARK = '<!-- start here: generated from vtd.tour.COURSE and results/full.json by vtd.tour.write_results; do not edit -->'
+
+def _cores(data: Mapping) -> str:
+    cores = sorted({str(e['machine'].get('cores', '?')) for e in data['lessons'].values()})
+    return ' or '.join(cores) or '?'
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+def time_line(lesson: str, record: str | Path | Mapping) -> str:
+    "The **Time:** line of `lesson`'s first screen: its full setting's seconds from the record of full runs."
+    data = record if isinstance(record, Mapping) else json.loads(Path(record).read_text())
+    e = data['lessons'].get(lesson)
+    if e is None: return f"{TIME_PREFIX} not measured yet (no full run of `{lesson}` in `{RECORD}`)."
+    return (f"{TIME_PREFIX} about {_duration(e['seconds'])} in its full setting on {e['machine'].get('cores', '?')} CPU cores "
+            f"(the record of full runs, `{RECORD}`, commit `{e['commit'][:7]}`); the smoke setting (`smoke = True`, what "
+            "the tests run) is a small fraction of that.")
+
+def course_markdown(record: str | Path | Mapping) -> str:
+    "README's lesson order: each lesson, what it needs, its maths and its full run's time, from `COURSE` and the record."
+    data = record if isinstance(record, Mapping) else json.loads(Path(record).read_text())
+    lines = [START_MARK, '', f'| # | lesson | needs lessons | maths it assumes or teaches | full setting, {_cores(data)} CPU cores |', '|---:|---|---|---|---:|']
+    total = 0.0
+    for n, (lesson, needs, maths) in enumerate(COURSE, 1):
+        e = data['lessons'].get(lesson); total += e['seconds'] if e else 0
+        lines.append(f"| {n} | `{lesson}` | {needs} | {maths} | {_duration(e['seconds']) if e else 'not measured'} |")
+    lines.append(f"| | all lessons | | | {_duration(total)} |")
+    return '\n'.join(lines)
+
+# %% ../nbs/90_tour.ipynb
 def write_results(repo: str | Path = '.', record: str | Path | None = None) -> list[Path]:
-    "Regenerate, from the record, the results cell of `nbs/index.ipynb`, README.md and the page `nbs/results.md`."
+    "Regenerate, from the record, the results and start-here cells of `nbs/index.ipynb`, README.md, the page `nbs/results.md` and the lessons' **Time:** lines."
     repo = Path(repo); table = results_markdown(record or repo / RECORD)
     index = repo / 'nbs' / 'index.ipynb'; nb = json.loads(index.read_text(encoding='utf-8'))
     cells = [c for c in nb['cells'] if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith(RESULTS_MARK)]
     if len(cells) != 1: raise ValueError(f"{index} needs exactly one markdown cell starting with {RESULTS_MARK!r}, found {len(cells)}")
     cells[0]['source'] = [l + '\n' for l in table.split('\n')[:-1]] + [table.split('\n')[-1]]
+    start = [c for c in nb['cells'] if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith(START_MARK)]
+    if len(start) != 1: raise ValueError(f"{index} needs exactly one markdown cell starting with {START_MARK!r}, found {len(start)}")
+    course = course_markdown(record or repo / RECORD)
+    start[0]['source'] = [l + '\n' for l in course.split('\n')[:-1]] + [course.split('\n')[-1]]
     index.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
     page = repo / 'nbs' / 'results.md'
     page.write_text(results_page_markdown(table), encoding='utf-8')
-    return [index, write_readme(repo), page]
+    return [index, write_readme(repo), page] + write_time_lines(repo, record)
+
+def write_time_lines(repo: str | Path = '.', record: str | Path | None = None) -> list[Path]:
+    "Rewrite the **Time:** line of each lesson's first screen from the record; return the notebooks changed."
+    repo = Path(repo); data = json.loads(Path(record or repo / RECORD).read_text()); changed = []
+    for lesson, *_ in COURSE:
+        path = repo / 'nbs' / f'{lesson}.ipynb'; nb = json.loads(path.read_text(encoding='utf-8')); hit = False
+        for c in nb['cells']:
+            if c['cell_type'] != 'markdown': continue
+            src = [time_line(lesson, data) + ('\n' if l.endswith('\n') else '') if l.startswith(TIME_PREFIX) else l for l in c['source']]
+            if src != c['source']: c['source'], hit = src, True
+        if hit: path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8'); changed.append(path)
+    return changed
 
 def results_page_markdown(table: str) -> str:
     "The results page (Quarto renders `nbs/results.md`): a title, what the figures are, the table."
@@ -396,6 +460,7 @@ def prepare_executed(nb: Mapping) -> dict:
 HTML_MANAGER_SPEC = '@jupyter-widgets/html-manager@^1.0.0'  # the manager of ipywidgets 8 (widget protocol 2)
 HTML_MANAGER_CDN = 'https://cdn.jsdelivr.net/npm/@jupyter-widgets/html-manager@^1.0.0/dist/embed.js'
 LUNR_SPEC = 'lunr@^2.3.9'
+KATEX_SPEC = 'katex@^0.16.0'  # typesets the TeX in the prose; its auto-render finds `$...$` in the page
 
 # %% ../nbs/90_tour.ipynb
 def npm_package(spec: str, cache: str | Path, npm: str | None = None) -> Path | None:
@@ -430,6 +495,14 @@ def lunr_js(cache_dir: str | Path | None = None, npm: str | None = None) -> Path
     "Path of `lunr.min.js` (the search library, fetched once into `cache_dir`, default `$VTD_CACHE/lunr`), or None."
     pkg = npm_package(LUNR_SPEC, Path(cache_dir) if cache_dir else cache_root() / 'lunr', npm)
     return pkg / 'lunr.min.js' if pkg and (pkg / 'lunr.min.js').exists() else None
+
+def katex_dist(cache_dir: str | Path | None = None, npm: str | None = None) -> Path | None:
+    "KaTeX's `dist/` folder (katex.min.js, katex.min.css, fonts/, contrib/auto-render.min.js), fetched once into `cache_dir` (default `$VTD_CACHE/katex`), or None."
+    pkg = npm_package(KATEX_SPEC, Path(cache_dir) if cache_dir else cache_root() / 'katex', npm)
+    dist = pkg / 'dist' if pkg else None
+    need = ('katex.min.js', 'katex.min.css', 'contrib/auto-render.min.js')
+    if pkg and not all((dist / n).exists() for n in need): print(f"katex_dist: {pkg} lacks one of {need}", file=sys.stderr); return None
+    return dist
 
 def _online(host: str = 'cdn.jsdelivr.net', port: int = 443, timeout: float = 3.0) -> bool:
     import socket
@@ -618,7 +691,8 @@ def _link_pages(html_text: str, pages: Mapping[str, str]) -> str:
     def fix(m):
         page = pages.get(m.group(2))
         return f'{m.group(1)}{page}{(m.group(3) or "").lower()}"' if page else m.group(0)
-    return re.sub(r'(href=")(?:\./)?([\w.-]+)\.ipynb(#[^"]*)?"', fix, html_text)
+    html_text = re.sub(r'(href=")(?:\./)?([\w.-]+)\.ipynb(#[^"]*)?"', fix, html_text)
+    return re.sub(r'href="(?:\./)?glossary\.md(#[^"]*)?"', lambda m: f'href="glossary.html{(m.group(1) or "").lower()}"', html_text) if 'glossary' in pages else html_text
 
 def _lower_ids(html_text: str) -> str:
     "Lower-case heading ids and same-page anchors."
@@ -656,9 +730,29 @@ def _assets(site_dir: Path, widgets: str, cache_dir) -> tuple[str, str, str, str
     search = 'lunr (site/_static/lunr.min.js)' if lunr else 'plain word matching (lunr could not be fetched with npm)'
     return kind, renderer, note, search
 
-def _scripts(lunr: bool) -> str:
-    return (('<script src="_static/lunr.min.js"></script>' if lunr else '') +
+def _scripts(lunr: bool, math: bool = False) -> str:
+    return (('<script src="_static/lunr.min.js"></script>' if lunr else '') + (_MATH_HTML if math else '') +
             '<script src="_static/search-docs.js"></script><script src="_static/vtd-search.js"></script>')
+
+# KaTeX typesets the prose's TeX (markdown cells and Markdown outputs), never code or printed text
+_MATH_HTML = ('<link rel="stylesheet" href="_static/katex/katex.min.css"><script src="_static/katex/katex.min.js"></script>'
+              '<script src="_static/katex/contrib/auto-render.min.js"></script><script>document.querySelectorAll('
+              '".jp-RenderedMarkdown").forEach(function (el) { renderMathInElement(el, {delimiters: ['
+              '{left: "$$", right: "$$", display: true}, {left: "\\\\[", right: "\\\\]", display: true}, '
+              '{left: "$", right: "$", display: false}, {left: "\\\\(", right: "\\\\)", display: false}], '
+              'ignoredTags: ["script", "noscript", "style", "textarea", "pre", "code"], throwOnError: false}); });</script>')
+
+def _math_assets(site_dir: Path, cache_dir) -> str | None:
+    "Copy KaTeX (script, style sheet, woff2 fonts, auto-render) into the site; return a note, or None when npm could not fetch it."
+    dist = katex_dist(cache_dir and Path(cache_dir) / 'katex')
+    if dist is None: return None
+    dest = site_dir / '_static' / 'katex'; (dest / 'fonts').mkdir(parents=True, exist_ok=True); (dest / 'contrib').mkdir(exist_ok=True)
+    for name in ('katex.min.js', 'katex.min.css', 'contrib/auto-render.min.js'): shutil.copy2(dist / name, dest / name)
+    for f in (dist / 'fonts').glob('*.woff2'): shutil.copy2(f, dest / 'fonts' / f.name)  # every browser that runs KaTeX reads woff2
+    for f in (dist.parent / 'LICENSE',):
+        if f.exists(): shutil.copy2(f, dest / f.name)
+    version = json.loads((dist.parent / 'package.json').read_text()).get('version', '?')
+    return f"KaTeX {version} (site/_static/katex)"
 
 # %% ../nbs/90_tour.ipynb
 def _render_lesson(path: Path, work: Path, nbs_dir: Path | None, exporter, site_url) -> dict:
@@ -719,6 +813,15 @@ def _results_body(record: Path) -> str:
             '<table><tr><th>lesson</th><th>headline figures (full mode)</th><th>seconds</th><th>machine</th><th>commit, date</th></tr>'
             + ''.join(trs) + '</table>')
 
+def _glossary_page(path: Path | None, exporter) -> dict | None:
+    "The glossary (`nbs/glossary.md`, a Quarto page) rendered like a lesson's prose, so the lessons' links to it work offline too."
+    if path is None or not path.exists(): return None
+    import nbformat
+    text = re.sub(r'\A---\s*\n.*?\n---\s*\n', '', path.read_text(encoding='utf-8'), flags=re.S)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('# Glossary\n\n' + text)])
+    body, _ = exporter.from_notebook_node(nb, resources={'metadata': {'name': 'Glossary'}})
+    return {'stem': 'glossary', 'file': 'glossary.html', 'title': 'Glossary', 'body': body}
+
 # %% ../nbs/90_tour.ipynb
 def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'auto', cache_dir: str | Path | None = None,
                quiet: bool = False, nbs_dir: str | Path | None = None, record: str | Path | None = None) -> dict:
@@ -727,7 +830,7 @@ def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'a
     `widgets` says where pages load the widget manager from: 'local' (the site's copy, fetched with npm), 'cdn',
     'none', or 'auto' (local, else the CDN when online, else none). `nbs_dir` is where nbdev's processing runs
     (default: the repository's `nbs/`); `record` a record of full runs for the results page. Returns
-    {'pages', 'index', 'widgets', 'widgets_note', 'search_note', 'errors'}."""
+    {'pages', 'index', 'widgets', 'widgets_note', 'search_note', 'math_note', 'errors'}."""
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
     executed_dir, site_dir = Path(executed_dir), Path(site_dir)
@@ -740,22 +843,25 @@ def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'a
         except FileNotFoundError: nbs_dir = None
     site_dir.mkdir(parents=True, exist_ok=True)
     kind, renderer, note, search_note = _assets(site_dir, widgets, cache_dir)
+    math_note = _math_assets(site_dir, cache_dir)
     exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)  # Quarto shows no prompts
     exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'vtd-hide-input'}), enabled=True)
     exporter.widget_renderer_url, exporter.require_js_url = renderer, ''  # the standalone embed.js needs no require.js
-    if kind != 'cdn': exporter.mathjax_url = ''  # offline: TeX stays as source rather than a failed request
+    if math_note or kind != 'cdn': exporter.mathjax_url = ''  # KaTeX typesets offline; without it and offline, TeX stays source
     with tempfile.TemporaryDirectory() as work:
         pages = [_render_lesson(p, Path(work), Path(nbs_dir) if nbs_dir else None, exporter, _site_url(nbs_dir)) for p in nbs]
     record = Path(record) if record and Path(record).exists() else None
-    top = [{'file': 'index.html', 'stem': 'index', 'title': 'Home: all lessons'}] + ([{'file': 'results.html', 'stem': 'results', 'title': 'Results of the full runs'}] if record else [])
+    glossary = _glossary_page(Path(nbs_dir) / 'glossary.md' if nbs_dir else None, exporter)
+    top = ([{'file': 'index.html', 'stem': 'index', 'title': 'Home: all lessons'}] + ([{'file': 'results.html', 'stem': 'results', 'title': 'Results of the full runs'}] if record else [])
+           + ([glossary] if glossary else []))
     everything = top + pages
     summary = {}
     if (executed_dir / 'summary.json').exists(): summary = {r['notebook']: r for r in json.loads((executed_dir / 'summary.json').read_text())}
-    stems, docs, scripts = {p['stem']: p['file'] for p in pages}, [], _scripts((site_dir / '_static' / 'lunr.min.js').exists())
-    for p in pages:
+    stems, docs, scripts = {p['stem']: p['file'] for p in pages + ([glossary] if glossary else [])}, [], _scripts((site_dir / '_static' / 'lunr.min.js').exists(), bool(math_note))
+    for p in pages + ([glossary] if glossary else []):
         body = _lower_ids(_link_pages(p['body'], stems))
         body = body.replace('</head>', _NO_FAVICON + _NAV_CSS + '\n</head>', 1)
-        body = body.replace('<main>', '<main>\n' + _sidebar(everything, p['file']) + _page_top(p, summary.get(p['stem'] + '.ipynb')), 1)
+        body = body.replace('<main>', '<main>\n' + _sidebar(everything, p['file']) + (_page_top(p, summary.get(p['stem'] + '.ipynb')) if p.get('lesson') else ''), 1)
         body = body.replace('</body>', scripts + '\n</body>', 1)
         (site_dir / p['file']).write_text(body, encoding='utf-8')
         docs += search_sections(body, p['file'], p['title'] or p['stem'])
@@ -767,7 +873,7 @@ def build_site(executed_dir: str | Path, site_dir: str | Path, widgets: str = 'a
     (site_dir / '_static' / 'search-docs.js').write_text('window.VTD_SEARCH_DOCS = ' + json.dumps(docs, ensure_ascii=False) + ';\n', encoding='utf-8')
     errors = {p['stem']: p['error'] for p in pages if p['error']}
     if not quiet:
-        print(f"build_site: {len(pages)} lessons -> {site_dir}/ ; widget manager: {note}; search: {search_note}")
+        print(f"build_site: {len(pages)} lessons -> {site_dir}/ ; widget manager: {note}; search: {search_note}; maths: {math_note or 'TeX as source (KaTeX could not be fetched with npm)'}")
         for stem, e in errors.items(): print(f"build_site: nbdev's processing of {stem} failed, its page is unprocessed: {e}", file=sys.stderr)
     return {'pages': [site_dir / p['file'] for p in pages], 'index': index, 'widgets': kind, 'widgets_note': note,
-            'search_note': search_note, 'errors': errors}
+            'search_note': search_note, 'math_note': math_note, 'errors': errors}

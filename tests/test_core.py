@@ -209,3 +209,102 @@ def test_batches_leave_the_global_random_stream_alone():
     torch.manual_seed(0); list(batches(torch.arange(8.), batch_size=3, generator=torch.Generator().manual_seed(1))); a = torch.rand(3)
     torch.manual_seed(0); b = torch.rand(3)
     assert torch.equal(a, b)
+
+
+# --- The Learner and its callbacks (issue 27: one training loop; issue 28: checkpoints every N steps, SIGTERM) ---
+import math, time
+from vtd.core import (Callback, CheckpointCB, InterruptCB, Learner, TimeBudgetCB, ValidCB, decay_groups, warmup_cosine)
+
+
+def _line(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3, generator=g); return X, X @ torch.tensor([1., -1., 2.])
+
+
+def _mse(m, b): return ((m(b[0]).squeeze(-1) - b[1]) ** 2).mean()
+
+
+def test_callbacks_run_in_order_and_every_event_is_seen():
+    calls = []
+    class Note(Callback):
+        def __init__(self, name, order): self.name, self.order = name, order
+        def before_fit(self, learn): calls.append((self.name, 'before_fit'))
+        def after_backward(self, learn): calls.append((self.name, 'after_backward'))
+        def after_fit(self, learn): calls.append((self.name, 'after_fit'))
+    X, Y = _line(16)
+    Learner(nn.Linear(3, 1), _mse, [(X, Y)] * 2, cbs=[Note('late', 5), Note('early', -5), Note('middle', 0)]).fit(1)
+    assert calls[:3] == [('early', 'before_fit'), ('middle', 'before_fit'), ('late', 'before_fit')]
+    assert [c for c in calls if c[1] == 'after_backward'] == [('early', 'after_backward'), ('middle', 'after_backward'), ('late', 'after_backward')] * 2
+    with pytest.raises(TypeError, match='not events'):
+        class Typo(Callback):
+            def after_bacward(self, learn): pass
+        Learner(nn.Linear(3, 1), _mse, [(X, Y)], cbs=[Typo()])
+
+
+def test_time_budget_stops_training_and_the_epoch_is_still_scored():
+    X, Y = _line(256)
+    hist = {'valid': [], 'best_epoch': None}
+    def slow(m, b): time.sleep(0.005); return _mse(m, b)
+    learn = Learner(nn.Linear(3, 1), slow, batches(X, Y, batch_size=8, generator=torch.Generator().manual_seed(0)),
+                    cbs=[TimeBudgetCB(0.15), ValidCB(lambda m: _mse(m, (X, Y)), hist)]).fit()
+    assert learn.stop == 'budget' and not learn.interrupted and 0.15 <= learn.elapsed < 5
+    assert 0 < learn.step < 1000 and len(hist['valid']) == learn.epoch + (not learn.epoch_done)
+
+
+def test_checkpoint_every_n_steps_and_at_the_end():
+    X, Y = _line(40)
+    saved = []
+    learn = Learner(nn.Linear(3, 1), _mse, batches(X, Y, batch_size=4, generator=torch.Generator().manual_seed(0)),
+                    cbs=[CheckpointCB(lambda l, final: saved.append((l.step, final)), every=3)]).fit(2)
+    assert learn.step == 20 and saved == [(s, False) for s in range(3, 21, 3)] + [(20, True)]
+    with pytest.raises(ValueError, match='every must be >= 1'): CheckpointCB(lambda l, f: None, every=0)
+
+
+def test_an_interrupt_stops_after_the_step_and_resuming_gives_the_uninterrupted_weights():
+    X, Y = _line(64)
+    def run(stop_at=None, resume_from=None):
+        torch.manual_seed(0); m = nn.Linear(3, 1); opt = torch.optim.Adam(m.parameters(), lr=0.05)
+        learn = Learner(m, _mse, lambda epoch: batches(X, Y, batch_size=8, generator=torch.Generator().manual_seed(epoch)),
+                        opt=opt, cbs=[InterruptCB(at_step=stop_at)])
+        if resume_from is not None:
+            m.load_state_dict(resume_from['model']); opt.load_state_dict(resume_from['opt'])
+            learn.step, learn.epoch, learn.batch_i = resume_from['pos']
+        learn.fit(3)
+        return learn, {'model': {k: v.clone() for k, v in m.state_dict().items()}, 'opt': opt.state_dict(),
+                       'pos': (learn.step, learn.epoch, learn.batch_i)}
+    whole, w = run()
+    cut, c = run(stop_at=11)
+    assert cut.interrupted and cut.step == 11 and (cut.epoch, cut.batch_i) == (1, 3)
+    again, a = run(resume_from=c)
+    assert not again.interrupted and again.step == whole.step == 24
+    for k in w['model']: assert torch.equal(w['model'][k], a['model'][k]), k
+
+
+def test_sigterm_stops_training_after_the_step_and_restores_the_handler():
+    import signal, os
+    X, Y = _line(64)
+    before = signal.getsignal(signal.SIGTERM)
+    class SendTerm(Callback):
+        def after_batch(self, learn):
+            if learn.step == 5: os.kill(os.getpid(), signal.SIGTERM)
+    learn = Learner(nn.Linear(3, 1), _mse, batches(X, Y, batch_size=8, generator=torch.Generator().manual_seed(0)),
+                    cbs=[InterruptCB(say=lambda s: None), SendTerm()]).fit(5)
+    assert learn.interrupted and learn.step in (5, 6) and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_weight_decay_falls_on_matrices_only():
+    from vtd.transformer import Transformer, TransformerConfig
+    net = Transformer(TransformerConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    decay, plain = decay_groups(net, 0.1)
+    assert decay['weight_decay'] == 0.1 and plain['weight_decay'] == 0.0
+    assert all(p.dim() >= 2 for p in decay['params']) and all(p.dim() < 2 for p in plain['params'])
+    trained = [p for p in net.parameters() if p.requires_grad]
+    assert len(decay['params']) + len(plain['params']) == len(trained) and not net.head.weight.requires_grad   # tied: unused
+    assert any(p is net.blocks[0].ln1.weight for p in plain['params']) and any(p is net.wte.weight for p in decay['params'])
+
+
+def test_warmup_cosine_is_the_schedule_lessons_08_and_09_used():
+    for total, warm in ((100, 10), (37, 50)):
+        for s in range(0, total + 5):
+            old = min(1, (s + 1) / warm) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, total) / total)))
+            assert warmup_cosine(s, warm, total=total) == old   # bit for bit: seeded runs keep their numbers

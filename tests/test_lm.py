@@ -199,3 +199,72 @@ def test_forward_and_loss_on_the_meta_device(kw):
     x0 = torch.zeros(4, 8, dtype=torch.long, device='meta')
     loss = _Objective(meta)(x0, 0)
     assert loss.device.type == 'meta' and loss.shape == ()
+
+
+# --- Issue 28's training items: random windows, decay on matrices, no unused parameters, eval_every, SIGTERM ---
+from vtd.lm import random_windows
+
+
+def test_random_windows_differ_between_epochs_and_repeat_with_the_seed():
+    ids = torch.arange(103)
+    draw = lambda epoch: random_windows(ids, 8, torch.Generator().manual_seed(7919 + epoch))
+    firsts = {int(draw(e)[0, 0]) for e in range(6)}
+    assert len(firsts) > 1                                        # other offsets, so other windows, across epochs
+    for e in range(6):
+        w = draw(e)
+        assert torch.equal(w, draw(e)) and w.shape == (12, 8)      # the same with the seed; as many windows every epoch
+        assert torch.equal(w.flatten(), torch.arange(int(w[0, 0]), int(w[0, 0]) + 96))   # consecutive, non-overlapping
+    assert random_windows(torch.arange(8), 8).tolist() == [list(range(8))]
+    with pytest.raises(CorpusError, match='fewer than one sequence'): random_windows(torch.arange(5), 8)
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary')], ids=['diffusion', 'ar', 'patterns'])
+def test_every_trained_parameter_gets_a_gradient_so_ddp_needs_no_unused_search(kw):
+    lm = tiny(**kw)
+    x0 = as_sequences(lm.tokenizer.encode(TEXT), 8)[:8]
+    _Objective(lm)(x0, 1).backward()
+    assert [n for n, p in lm.net.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_eval_every_scores_and_checkpoints_every_n_steps(tmp_path):
+    lm = quiet_fit(tiny(eval_every=4, epochs=2), out=tmp_path / 'run', keep_best=False)
+    h, steps = lm.history, lm.history['steps']
+    assert h['valid_step'] == list(range(4, steps + 1, 4)) + ([steps] if steps % 4 else [])
+    assert VisualTokenLM.load(tmp_path / 'run' / 'last.pt').run_state['step'] == steps
+    with pytest.raises(ValueError, match='eval_every must be >= 1'): LMConfig(eval_every=0)
+
+
+def test_a_run_saved_with_other_optimiser_groups_is_refused_with_the_reason(tmp_path):
+    lm = quiet_fit(tiny(), out=tmp_path / 'run', keep_best=False, stop_at_step=2)
+    run = VisualTokenLM.load(tmp_path / 'run' / 'last.pt').run_state
+    opt = run['optimizer']
+    old = {**run, 'optimizer': {'state': opt['state'], 'param_groups': [{**opt['param_groups'][0],
+                                'params': [i for g in opt['param_groups'] for i in g['params']]}]}}
+    with pytest.raises(CheckpointError, match='older vtd'): quiet_fit(tiny(), resume=old)
+
+
+def test_sigterm_leaves_a_resumable_last_pt_and_the_resumed_run_ends_with_the_same_weights(tmp_path):
+    import os, signal, subprocess, sys, time
+    from pathlib import Path
+    corpus = tmp_path / 'c.txt'; corpus.write_text(TEXT)
+    args = ['train', str(corpus), '--seq-len', '8', '--vocab-size', '60', '--n-layer', '1', '--n-head', '2', '--n-embd', '16',
+            '--batch-size', '8', '--epochs', '12', '--no-progress', '--samples', '0']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1',
+           'PYTHONPATH': str(Path(__file__).resolve().parent.parent) + os.pathsep + os.environ.get('PYTHONPATH', '')}
+    whole = subprocess.run([sys.executable, '-m', 'vtd.cli', *args, '--out', str(tmp_path / 'whole')], env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen([sys.executable, '-m', 'vtd.cli', *args, '--out', str(tmp_path / 'cut')], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (tmp_path / 'cut' / 'history.json').exists() and proc.poll() is None and time.time() - t0 < 120: time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)                          # what a cluster's scheduler sends before it kills a job
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and 'SIGTERM' in out and 'resumable' in out, out
+    cut = VisualTokenLM.load(tmp_path / 'cut' / 'last.pt')
+    assert 0 < cut.run_state['step'] < 12 * 7
+    again = subprocess.run([sys.executable, '-m', 'vtd.cli', 'train', str(corpus), '--out', str(tmp_path / 'cut'), '--resume',
+                            '--no-progress'], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    a, b = (VisualTokenLM.load(tmp_path / d / 'last.pt') for d in ('whole', 'cut'))
+    assert a.run_state['step'] == b.run_state['step']
+    for (k, x), y in zip(a.net.state_dict().items(), b.net.state_dict().values()): assert torch.equal(x, y), k

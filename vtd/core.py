@@ -228,10 +228,13 @@ def _one_or_tuple(b): return b[0] if len(b) == 1 else b
 _bar = progress  # inside fit, whose `progress` flag shadows the name
 
 # %% ../nbs/00_core.ipynb
-def warmup_cosine(frac: float, step: int, warmup: int, floor: float = 0.1) -> float:
-    """The learning-rate factor: linear warm-up over `warmup` steps, then cosine decay from 1 to `floor` as the
-    run's fraction done `frac` goes from 0 to 1 (by steps or by time)."""
-    return min(1.0, (step + 1) / max(1, warmup)) * (floor + (1 - floor) / 2 * (1 + math.cos(math.pi * min(1.0, max(0.0, frac)))))
+def warmup_cosine(step: int, warmup: int, total: int | None = None, frac: float | None = None, floor: float = 0.1) -> float:
+    """The learning-rate factor at optimiser step `step`: a linear warm-up over `warmup` steps, then a cosine from 1
+    down to `floor` as the run goes from start to end, measured in steps (`total`) or as a fraction done (`frac`, e.g.
+    of a time budget). The one schedule of the library (lessons 08 and 09, `vtd train`)."""
+    if (total is None) == (frac is None): raise ValueError("warmup_cosine: give total (steps) or frac (fraction done)")
+    angle = math.pi * min(step, total) / total if total is not None else math.pi * min(1.0, max(0.0, frac))
+    return min(1.0, (step + 1) / max(1, warmup)) * (floor + (1 - floor) / 2 * (1 + math.cos(angle)))
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW parameter groups as nanoGPT makes them: weight decay on the matrices (weights of linear layers and
@@ -275,8 +278,9 @@ class LRScheduleCB(Callback):
         if (total_steps is None) == (seconds is None): raise ValueError("give LRScheduleCB total_steps or seconds")
         self.lr, self.warmup, self.total, self.seconds = lr, warmup, total_steps, seconds
     def before_batch(self, learn):
-        frac = learn.step / self.total if self.total else learn.elapsed / self.seconds
-        for group in learn.opt.param_groups: group['lr'] = self.lr * warmup_cosine(frac, learn.step, self.warmup)
+        f = warmup_cosine(learn.step, self.warmup, total=self.total) if self.total else \
+            warmup_cosine(learn.step, self.warmup, frac=learn.elapsed / self.seconds)
+        for group in learn.opt.param_groups: group['lr'] = self.lr * f
 
 class TimeBudgetCB(Callback):
     "Stop once `seconds` of training have passed (resumed runs count their earlier time); the epoch is still scored."

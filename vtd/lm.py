@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .core import (Callback, CheckpointCB, Config, CheckpointError, DDPCB, GradClipCB, InterruptCB, Learner,
                       LRScheduleCB, ProgressCB, TimeBudgetCB, batches, cached, get_device, load_checkpoint,
-                      save_checkpoint, seed_everything, warmup_cosine)
+                      decay_groups, save_checkpoint, seed_everything, warmup_cosine)
 from fastcore.basics import patch
 
 from .data import DataFileError, Vocabulary, tokenize_words
@@ -23,9 +23,9 @@ from .diffusion import (AbsorbingProcess, PatternDenoiser, TokenDenoiser, ancest
                            ar_loss, ar_sample, heldout_bound, make_ar_model, maskgit_sample, stratified_times)
 
 # %% auto 0
-__all__ = ['MODELS', 'TOKENIZERS', 'PATTERNS', 'LM_KIND', 'lr_factor', 'BLANK', 'LMConfig', 'WordTokenizer', 'BPETokenizer',
-           'make_tokenizer', 'tokenizer_from_state', 'split_corpus', 'as_sequences', 'make_pattern_table',
-           'VisualTokenLM', 'dist_world', 'init_distributed', 'plot_history', 'train_lm']
+__all__ = ['MODELS', 'TOKENIZERS', 'PATTERNS', 'LM_KIND', 'BLANK', 'LMConfig', 'WordTokenizer', 'BPETokenizer', 'make_tokenizer',
+           'tokenizer_from_state', 'split_corpus', 'as_sequences', 'random_windows', 'make_pattern_table',
+           'VisualTokenLM', 'lr_factor', 'dist_world', 'init_distributed', 'plot_history', 'train_lm']
 
 # %% ../nbs/09_lm.ipynb
 MODELS, TOKENIZERS, PATTERNS = ('diffusion', 'ar'), ('word', 'bpe'), ('none', 'arbitrary', 'grounded')
@@ -52,7 +52,8 @@ class LMConfig(Config):
     warmup: int = 50                  # steps of linear learning-rate warm-up (then cosine decay)
     grad_clip: float = 1.0            # gradient-norm clip (0: none)
     valid_fraction: float = 0.1       # the end of the corpus is held out
-    n_valid: int = 96                 # held-out sequences scored after each epoch
+    n_valid: int = 96                 # held-out sequences scored at each evaluation
+    eval_every: int | None = None     # steps between held-out scores and checkpoints (None: after each epoch)
     seed: int = 0                     # weights, noise, dropout and batch order all follow it
 
     def __post_init__(self):
@@ -70,6 +71,7 @@ class LMConfig(Config):
         for name, ok, rule in (('dropout', lambda v: 0 <= v < 1, 'in [0, 1)'), ('lr', lambda v: v > 0, '> 0'), ('weight_decay', lambda v: v >= 0, '>= 0'),
                                ('warmup', lambda v: v >= 0, '>= 0'), ('grad_clip', lambda v: v >= 0, '>= 0')):
             if getattr(self, name) is not None and not ok(getattr(self, name)): raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+        if self.eval_every is not None and self.eval_every < 1: raise ValueError(f"eval_every must be >= 1 step (or None: each epoch), got {self.eval_every}")
         ar = self.model == 'ar'
         for name, d_ar, d_diff in (('dropout', 0.1, 0.0), ('lr', 1e-3, 3e-3), ('weight_decay', 0.1, 0.0)):
             if getattr(self, name) is None: object.__setattr__(self, name, d_ar if ar else d_diff)
@@ -158,6 +160,16 @@ def as_sequences(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
     "Non-overlapping sequences `[N, seq_len]` of a token stream (the tail shorter than a sequence is dropped)."
     n = len(ids) // seq_len
     return ids[:n * seq_len].view(n, seq_len)
+
+def random_windows(ids: torch.Tensor, seq_len: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Non-overlapping windows `[n, seq_len]` of a token stream from a random offset in [0, seq_len), drawn from
+    `generator`: each epoch sees other windows (nanoGPT draws random ones), and `n` is the same for every offset."""
+    L = seq_len
+    if len(ids) < L: raise DataFileError(f"the training text has {len(ids)} tokens, fewer than one sequence of seq_len={L}")
+    n = max(1, (len(ids) - L + 1) // L)             # the windows that fit whatever the offset
+    offset = int(torch.randint(min(L, len(ids) - n * L + 1), (1,), generator=generator))
+    return ids[offset:offset + n * L].view(n, L)
+
 
 # %% ../nbs/09_lm.ipynb
 def make_pattern_table(kind: str, token_strings: list[str], seed: int = 0, verbose: bool = True) -> torch.Tensor | None:
@@ -265,7 +277,9 @@ class _Objective(nn.Module):
         ce = -(lp * ~keep).sum(1)
         return (ce * -lm.process.schedule.dalpha(t).to(ce.device)).sum() * (world / n_masked)
 
-lr_factor = warmup_cosine  # the one warm-up + cosine schedule (vtd.core), under the name this module has always given it
+def lr_factor(frac: float, step: int, warmup: int) -> float:
+    "`vtd.core.warmup_cosine` (the one schedule) at fraction done `frac`, under the name this module has always given it."
+    return warmup_cosine(step, warmup, frac=frac)
 
 def dist_world() -> tuple[int, int]:
     "(rank, world size) of the initialised process group, or (0, 1)."
@@ -390,15 +404,16 @@ def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int |
     main, dev, L = rank == 0, lm.device, cfg.seq_len
     minutes = minutes if minutes is not None else (None if epochs is not None else cfg.minutes)
     epochs = None if minutes is not None else (epochs or cfg.epochs)
-    train_seqs = as_sequences(train_ids, L).to(dev)
-    if len(train_seqs) == 0:
+    if len(train_ids) < L:
         raise DataFileError(f"the training text has {len(train_ids)} tokens, fewer than one sequence of seq_len={L}")
+    stream = train_ids.to(dev)
+    n_seqs = len(random_windows(stream, L))
     if len(valid_ids) < 2: raise DataFileError(f"the held-out end of the corpus has {len(valid_ids)} token(s); it needs at least 2")
     valid_seqs = as_sequences(valid_ids, min(L, len(valid_ids)))[:cfg.n_valid].to(dev)
-    B = min(cfg.batch_size, len(train_seqs)) // world * world
-    if B < world: raise DataFileError(f"{len(train_seqs)} training sequence(s) cannot give each of {world} ranks a row")
-    per_epoch = len(train_seqs) // B
-    opt = torch.optim.AdamW(lm.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    B = min(cfg.batch_size, n_seqs) // world * world
+    if B < world: raise DataFileError(f"{n_seqs} training sequence(s) cannot give each of {world} ranks a row")
+    per_epoch = n_seqs // B
+    opt = torch.optim.AdamW(decay_groups(lm.net, cfg.weight_decay), lr=cfg.lr)   # decay on matrices only, as nanoGPT
     hist = _new_history()
     out = Path(out) if out is not None else None
     if out is not None and main: out.mkdir(parents=True, exist_ok=True)
@@ -406,7 +421,8 @@ def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int |
                        getattr(cfg, 'eval_every', None), log)
 
     def epoch_batches(epoch: int):
-        return batches(train_seqs, batch_size=B, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch), drop_last=True)
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)   # the epoch's windows and their order: resumable
+        return batches(random_windows(stream, L, g), batch_size=B, generator=g, drop_last=True)
     def loss(objective, x0):
         return objective(x0, cfg.seed * 1_000_003 + learn.step + 1, rank, world)   # the noise: a seed of the step
 
@@ -415,12 +431,16 @@ def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int |
            InterruptCB(at_step=stop_at_step)]
     if cfg.grad_clip: cbs.append(GradClipCB(cfg.grad_clip))
     if minutes is not None: cbs.append(TimeBudgetCB(minutes * 60))
-    if world > 1: cbs.append(DDPCB(dev, find_unused_parameters=True))
+    if world > 1: cbs.append(DDPCB(dev))   # every parameter that trains gets a gradient (tests/test_lm.py), so no unused-parameter search
     if out is not None and main:
         folder = _RunFolder(lm, out, record, epochs, minutes)
         cbs.append(CheckpointCB(folder, every=getattr(cfg, 'eval_every', None), each_epoch=not getattr(cfg, 'eval_every', None)))
     learn = Learner(_Objective(lm), loss, epoch_batches, opt=opt, cbs=cbs, desc='train')
     if resume is not None:
+        saved = len(resume['optimizer']['param_groups'])
+        if saved != len(opt.param_groups):
+            raise CheckpointError(f"the run to resume was saved by an older vtd: its optimiser has {saved} parameter group(s), this vtd's "
+                                  f"{len(opt.param_groups)} (weight decay on matrices only); finish it with that vtd, or start a new run")
         opt.load_state_dict(_torch_optimizer(resume['optimizer']))
         learn.step, learn.epoch, learn.batch_i, learn.elapsed = resume['step'], resume['epoch'], resume['batch'], resume['elapsed']
         record.train_seconds, record.tokens = resume['train_seconds'], resume['tokens']

@@ -119,6 +119,9 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.n_out, bias=False)
+        # tied: the logits read `wte`, so `head` is unused; it stays (checkpoints name it) but takes no gradient,
+        # so DDP can skip its search for parameters without one
+        if cfg.tie_weights: self.head.weight.requires_grad_(False)
         self.apply(self._init)
         for n, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if n.endswith('proj.weight') or n.endswith('mlp.2.weight'): nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))

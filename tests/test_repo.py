@@ -101,3 +101,36 @@ def test_vtd_imports_without_optional_packages():
     code = ("import sys, importlib.util; import vtd, vtd.core, vtd.data; "
             "assert 'torchvision' not in sys.modules and 'lpips' not in sys.modules")
     subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def _vtd_imports(path: Path) -> set:
+    "The vtd modules a module imports anywhere in it (top level or inside a function), by its syntax tree."
+    import ast
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            mod = node.module or ''
+            if node.level == 1 and mod: out.add(mod.split('.')[0])
+            elif node.level == 1 or mod == 'vtd': out.update(a.name for a in node.names)
+            elif mod.startswith('vtd.'): out.add(mod.split('.')[1])
+        elif isinstance(node, ast.Import):
+            out.update(a.name.split('.')[1] for a in node.names if a.name.startswith('vtd.'))
+    return out - {path.stem}
+
+
+def test_readme_module_map_is_what_the_modules_import():
+    "The README's path (core -> ... -> cli): each module imports only modules before it and vtd.metrics; no leaf is imported."
+    import re
+    text = (REPO / 'README.md').read_text()
+    section = text.split('## Module map', 1)[1].split('\n## ', 1)[0]
+    path = re.findall(r'`(\w+)`', re.search(r'\*\*(`core`.*?)\*\*', section).group(1))
+    assert path == ['core', 'data', 'transformer', 'diffusion', 'visual_tokens', 'lm', 'cli']
+    leaves = {'vq', 'fractal', 'geodesic', 'prior', 'spatial_vae', 'tour'}
+    assert all(f'`vtd.{m}`' in section for m in leaves | {'metrics'} | set(path))
+    listed = set(path) | leaves | {'metrics'}
+    modules = {p.stem for p in (REPO / 'vtd').glob('*.py') if not p.stem.startswith('_')}
+    assert modules == listed, f"the map must name every module: missing {modules - listed}, extra {listed - modules}"
+    for i, m in enumerate(path):
+        imported = _vtd_imports(REPO / 'vtd' / f'{m}.py')
+        assert imported <= set(path[:i]) | {'metrics'}, f"vtd.{m} imports {sorted(imported - set(path[:i]))}, not before it on the path"
+    assert _vtd_imports(REPO / 'vtd' / 'metrics.py') <= {'core'}

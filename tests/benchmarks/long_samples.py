@@ -1,7 +1,7 @@
 """What any-length generation costs: `vtd generate --length 512` from 64-word models, beside 64-word samples.
 
 Issue 28's measurement. Both kinds of `vtd train` model (`LMConfig()`'s sizes: V = 4,000 words, 64-word context,
-4 layers of 128, unless `--small`) are trained on TinyShakespeare for `--minutes` each, or loaded from
+4 layers of 128; `--small`: 2 layers of 64, V = 2,000) are trained on TinyShakespeare for `--minutes` each, or loaded from
 `--checkpoints DIFFUSION.pt AR.pt`. Then, for each model and each length, unprompted samples are timed
 (words/s, the whole batch) and judged by the autoregressive model (bits per word of the samples, each cut into
 64-word sequences scored from <bos>, as `vtd score` does; lower = likelier under the AR model), with the share of
@@ -10,7 +10,8 @@ distinct bigrams (repetition shows as a low share). Past the context the diffusi
 cache every `--block` tokens; the AR model is also run at block 1 (a full context for every token, as nanoGPT).
 The held-out text's own AR bits per word is the reference row.
 
-    python tests/benchmarks/long_samples.py --minutes 2            # about 5 minutes on 2 CPU cores
+    python tests/benchmarks/long_samples.py --minutes 2            # about 6 minutes on 2 idle CPU cores
+    OMP_NUM_THREADS=1 python tests/benchmarks/long_samples.py --minutes 2 --small   # a busy machine
     python tests/benchmarks/long_samples.py --checkpoints runs/d/best.pt runs/ar/best.pt
 
 Writes `long_samples.json` and `long_samples.md` to `--out` (default `tests/benchmarks/results/`, ignored by git).
@@ -41,7 +42,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--minutes', type=float, default=2.0, help='training minutes per model (default 2)')
     ap.add_argument('--checkpoints', nargs=2, default=None, metavar=('DIFFUSION', 'AR'), help='trained checkpoints instead')
-    ap.add_argument('--small', action='store_true', help='a 2x64 model on 32-word contexts (a quick check)')
+    ap.add_argument('--small', action='store_true', help='2 layers of 64, V = 2,000 (the 64-word context kept): for a busy CPU')
     ap.add_argument('--lengths', type=int, nargs='+', default=[64, 512])
     ap.add_argument('--num-samples', type=int, default=4)
     ap.add_argument('--steps', type=int, default=32)
@@ -55,7 +56,7 @@ def main():
     else:
         models = {}
         for kind in ('diffusion', 'ar'):
-            cfg = LMConfig(model=kind, **(dict(seq_len=32, n_layer=2, n_head=2, n_embd=64) if a.small else {}))
+            cfg = LMConfig(model=kind, **(dict(vocab_size=2000, n_layer=2, n_head=2, n_embd=64) if a.small else {}))
             torch.manual_seed(0)
             lm = VisualTokenLM.build(text, cfg).to(device)
             print(f"training {lm} for {a.minutes} minutes on {device}", flush=True)

@@ -215,7 +215,7 @@ def test_random_windows_differ_between_epochs_and_repeat_with_the_seed():
         assert torch.equal(w, draw(e)) and w.shape == (12, 8)      # the same with the seed; as many windows every epoch
         assert torch.equal(w.flatten(), torch.arange(int(w[0, 0]), int(w[0, 0]) + 96))   # consecutive, non-overlapping
     assert random_windows(torch.arange(8), 8).tolist() == [list(range(8))]
-    with pytest.raises(CorpusError, match='fewer than one sequence'): random_windows(torch.arange(5), 8)
+    with pytest.raises(DataFileError, match='fewer than one sequence'): random_windows(torch.arange(5), 8)
 
 
 @pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary')], ids=['diffusion', 'ar', 'patterns'])

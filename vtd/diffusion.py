@@ -254,14 +254,19 @@ class PatternEmbedding(nn.Module):
         return F.embedding(idx, words)
 
 # %% ../nbs/08_diffusion.ipynb
+def _check_score(score):
+    if score not in ('cells', 'vocabulary', 'both'): raise ValueError(f"score must be 'cells', 'vocabulary' or 'both', got {score!r}")
+    return score
+
 class PatternDenoiser(nn.Module):
     """p(x_0 | x_t) where each word is its pattern (`cell_table` `[V, G*G]`, colours in [0, C)): whole words are
     masked, the output is an independent C-way distribution per cell, and a word's log-probability is the
     sum over its cells (a valid bound on the word's probability because the pattern map is injective)."""
     def __init__(self, cell_table: torch.Tensor, colors: int, block_size: int, n_layer: int = 4, n_head: int = 4,
                  n_embd: int = 128, dropout: float = 0.0, time_cond: bool = False, rope: bool = False,
-                 word_log_prior: torch.Tensor | None = None):
+                 word_log_prior: torch.Tensor | None = None, score: str = 'cells'):
         super().__init__()
+        _check_score(score)
         V, n_cells = cell_table.shape
         if not cell_table.is_meta and (cell_table.min() < 0 or cell_table.max() >= colors): raise ValueError(f"cell colours must be in [0, {colors})")
         if not cell_table.is_meta and torch.unique(cell_table, dim=0).shape[0] != V: raise ValueError("the cell table is not injective: two words share a pattern")
@@ -280,7 +285,10 @@ class PatternDenoiser(nn.Module):
         if word_log_prior is not None and tuple(word_log_prior.shape) != (V,):
             raise ValueError(f"word_log_prior must have shape ({V},), got {tuple(word_log_prior.shape)}")
         self.word_bias = nn.Parameter(torch.zeros(V) if word_log_prior is None else word_log_prior.detach().float().clone())
-        self.score = 'cells'  # or 'vocabulary': p(word) ∝ exp(bias) Π_cells p(cell), renormalised over the V words' patterns
+        # the default scoring, chosen when built; every call can name another (`score=`), nothing flips it:
+        # 'cells' (a word is its cells' product), 'vocabulary' (p(word) ∝ exp(bias) Π_cells p(cell), renormalised over
+        # the V words' patterns), 'both' (training: the word term plus the mean cell term, one pass)
+        self.score = score
     @property
     def block_size(self): return self.net.cfg.block_size
 
@@ -303,23 +311,23 @@ def word_log_probs(self: PatternDenoiser, x_t, t) -> torch.Tensor:
     return F.log_softmax(lp @ onehot.T + self.word_bias, -1)
 
 @patch
-def x0_log_prob(self: PatternDenoiser, x_t, t, x0, class_label=None) -> torch.Tensor:
-    """log p(x_0 | x_t) per position under `self.score`; 'both' (for training) is the word log-probability
+def x0_log_prob(self: PatternDenoiser, x_t, t, x0, class_label=None, score: str | None = None) -> torch.Tensor:
+    """log p(x_0 | x_t) per position under `score` (default: the denoiser's); 'both' (for training) is the word log-probability
     plus the *mean* cell log-probability: the cells teach the network without drowning the word term."""
     if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
-    if self.score not in ('cells', 'vocabulary', 'both'): raise ValueError(f"score must be 'cells', 'vocabulary' or 'both', got {self.score!r}")
+    score = _check_score(score or self.score)
     lp = self.cell_log_probs(x_t, t)
     cells = lp.gather(-1, self.table[x0][..., None])[..., 0].sum(-1)
-    if self.score == 'cells': return cells
+    if score == 'cells': return cells
     onehot = F.one_hot(self.table, self.colors).flatten(1).float()
     words = F.log_softmax(lp.flatten(-2) @ onehot.T + self.word_bias, -1).gather(-1, x0[..., None])[..., 0]
-    return words if self.score == 'vocabulary' else words + cells / self.n_cells
+    return words if score == 'vocabulary' else words + cells / self.n_cells
 
 @patch
-def x0_probs(self: PatternDenoiser, x_t, t, class_label=None) -> torch.Tensor:
-    "Cell probabilities `[B, L, G*G, C]` (most patterns are no word), or word probabilities with `score='vocabulary'`."
+def x0_probs(self: PatternDenoiser, x_t, t, class_label=None, score: str | None = None) -> torch.Tensor:
+    "Cell probabilities `[B, L, G*G, C]` (most patterns are no word), or word probabilities with `score='vocabulary'` (default: the denoiser's)."
     if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
-    if self.score == 'vocabulary': return self.word_log_probs(x_t, t).to(_real(x_t.device)).exp()
+    if _check_score(score or self.score) == 'vocabulary': return self.word_log_probs(x_t, t).to(_real(x_t.device)).exp()
     return self.cell_log_probs(x_t, t).to(_real(x_t.device)).exp()
 
 # %% ../nbs/08_diffusion.ipynb
@@ -351,22 +359,32 @@ def _check_batch(denoiser, process, x0):
         raise ValueError(f"a denoiser built for the {denoiser.process_kind} process cannot serve the {process.kind} process")
 
 def masked_diffusion_loss(denoiser, process: AbsorbingProcess, x0: torch.Tensor, t=None, generator=None,
-                          reduction: str = 'mean', class_label=None, weighting: str = 'elbo') -> torch.Tensor:
+                          reduction: str = 'mean', class_label=None, weighting: str = 'elbo', score: str | None = None,
+                          shard: tuple[int, int] | None = None) -> torch.Tensor:
     """Continuous-time ELBO in nats per token: the cross-entropy on masked positions weighted by
     -α'(t)/(1-α(t)). `reduction='none'` gives one value per sequence; `class_label` conditions a
     class-conditional denoiser. `weighting='masked_mean'` is a training surrogate, not a bound: the
     masked cross-entropy weighted by -α'(t) and divided by the batch's number of masked tokens instead
     of by its expectation L(1-α(t)) (for the log-linear schedule, the plain mean over masked tokens, as
-    BERT and MaskGIT train): it avoids the 1/t blow-up of a few masked tokens at small t."""
+    BERT and MaskGIT train): it avoids the 1/t blow-up of a few masked tokens at small t. `score` is passed to
+    a `PatternDenoiser`. `shard=(rank, world)` (masked-mean only): the noise is drawn for the whole batch, as one
+    process draws it, and this rank scores its rows, so the mean over ranks is the one-process loss (DDP)."""
     _check_batch(denoiser, process, x0)
     if process.kind != 'absorbing': raise ValueError("masked_diffusion_loss needs the absorbing process")
     if weighting not in ('elbo', 'masked_mean'): raise ValueError(f"weighting must be 'elbo' or 'masked_mean', got {weighting!r}")
     if weighting == 'masked_mean' and reduction != 'mean': raise ValueError("weighting='masked_mean' is a batch-level training loss: use reduction='mean'")
+    if shard is not None and weighting != 'masked_mean': raise ValueError("shard=(rank, world) is for the masked-mean training loss")
     B, L = x0.shape
     t = stratified_times(B, generator) if t is None else check_time(t).expand(B)
     x_t = process.q_sample(x0, t, generator)
     masked = x_t == process.mask_id
-    ce = -(denoiser.x0_log_prob(x_t, t, x0, class_label=class_label) * masked).sum(1)
+    kw = {} if score is None else {'score': score}
+    if shard is not None:                                      # this rank's rows of the batch, over the whole batch's count
+        rank, world = shard; rows = slice(rank, None, world)
+        lab = None if class_label is None else torch.as_tensor(class_label, device=x0.device).expand(B)[rows]
+        ce = -(denoiser.x0_log_prob(x_t[rows], t[rows], x0[rows], class_label=lab, **kw) * masked[rows]).sum(1)
+        return (ce * -process.schedule.dalpha(t[rows]).to(x0.device)).sum() * world / masked.sum().clamp_min(1)
+    ce = -(denoiser.x0_log_prob(x_t, t, x0, class_label=class_label, **kw) * masked).sum(1)
     if weighting == 'masked_mean':
         return (ce * -process.schedule.dalpha(t).to(x0.device)).sum() / masked.sum().clamp_min(1)
     per_token = ce * process.schedule.weight(t).to(x0.device) / L
@@ -405,12 +423,14 @@ def discrete_time_loss(denoiser, process, x0: torch.Tensor, T: int, step=None, g
 # %% ../nbs/08_diffusion.ipynb
 @torch.no_grad()
 def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | None = None, batch_size: int = 64,
-                  seed: int = 0, labels: torch.Tensor | None = None) -> dict:
+                  seed: int = 0, labels: torch.Tensor | None = None, score: str | None = None) -> dict:
     """The held-out bound in bits per token: each sequence draws its own `n_t` times, stratified, in
     antithetic pairs (t, 1 - t) (or steps i, T + 1 - i). Because no two sequences share a time, the
     per-sequence estimates are independent and the standard error over sequences includes the variance
     in t (times shared across a batch would hide it). `T=None`: continuous time. `labels` (one class
-    per sequence) conditions a class-conditional denoiser (continuous time only)."""
+    per sequence) conditions a class-conditional denoiser (continuous time only); `score` scores a `PatternDenoiser`'s words
+    its way (continuous time only)."""
+    if score is not None and T is not None: raise ValueError("score= is supported for the continuous-time bound (T=None)")
     if labels is not None and T is not None: raise ValueError("class labels are supported for the continuous-time bound (T=None)")
     if labels is not None and len(labels) != len(data): raise ValueError(f"{len(data)} sequences but {len(labels)} labels")
     if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
@@ -428,7 +448,7 @@ def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | 
             if T is None:
                 lab = None if labels is None else labels[b:b + batch_size].to(dev)
                 acc += masked_diffusion_loss(denoiser, process, x0, t=uu.clamp(1e-6, 1.0), generator=g, reduction='none',
-                                             class_label=lab).to(acc.dtype)
+                                             class_label=lab, **({} if score is None else {'score': score})).to(acc.dtype)
             else:
                 step = torch.ceil(uu * T).clamp(1, T).long()
                 acc += discrete_time_loss(denoiser, process, x0, T, step=step, generator=g, reduction='none').to(acc.dtype)

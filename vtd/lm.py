@@ -20,7 +20,7 @@ from fastcore.basics import patch
 
 from .data import DataFileError, Vocabulary, tokenize_words
 from .diffusion import (AbsorbingProcess, PatternDenoiser, TokenDenoiser, ancestral_sample, ar_heldout_bits,
-                           ar_loss, ar_sample, heldout_bound, make_ar_model, maskgit_sample, stratified_times)
+                           ar_loss, ar_sample, heldout_bound, make_ar_model, maskgit_sample, masked_diffusion_loss)
 
 # %% auto 0
 __all__ = ['MODELS', 'TOKENIZERS', 'PATTERNS', 'LM_KIND', 'BLANK', 'LMConfig', 'WordTokenizer', 'BPETokenizer', 'make_tokenizer',
@@ -215,8 +215,8 @@ class VisualTokenLM(nn.Module):
         if cfg.model == 'ar': self.net = make_ar_model(V, cfg.seq_len, **kw)
         elif pattern_table is None: self.net = TokenDenoiser(V, cfg.seq_len, **kw)
         else:
-            self.net = PatternDenoiser(pattern_table, 3, cfg.seq_len, word_log_prior=self.unigram().log().float(), **kw)
-            self.net.score = 'vocabulary'  # 08's renormalised head: p(word) over the vocabulary's patterns
+            self.net = PatternDenoiser(pattern_table, 3, cfg.seq_len, word_log_prior=self.unigram().log().float(),
+                                       score='vocabulary', **kw)   # 08's renormalised head: p(word) over the vocabulary's patterns
 
     @classmethod
     def build(cls, text: str, cfg: LMConfig, verbose: bool = False):
@@ -252,30 +252,19 @@ class VisualTokenLM(nn.Module):
 class _Objective(nn.Module):
     """The training loss of one *global* batch, as a module so that DDP can wrap it. Every rank draws the same
     noise for the whole batch (a generator seeded by the step) and keeps its own rows, so N ranks compute
-    exactly the shares of the loss one process computes. Diffusion: 08's masked-mean loss (the cross-entropy
-    of the masked words over their number in the global batch); AR: the exact cross-entropy."""
+    exactly the shares of the loss one process computes. Diffusion: 08's masked-mean loss, the same function
+    (`masked_diffusion_loss`, sharded); AR: the exact cross-entropy."""
     def __init__(self, lm):
         super().__init__()
         self.net = lm.net
         object.__setattr__(self, 'lm', lm)  # a plain reference: its parameters are `net`'s
 
     def forward(self, x0: torch.Tensor, noise_seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-        lm, rows = self.lm, slice(rank, None, world)
-        if lm.cfg.model == 'ar': return ar_loss(self.net, x0[rows])
-        g = torch.Generator().manual_seed(noise_seed)
-        B, L = x0.shape
-        t = stratified_times(B, g)                                                          # CPU, one per sequence
-        keep = torch.rand(B, L, generator=g, dtype=torch.float64) < lm.process.schedule.alpha(t).double()[:, None]
-        n_masked = (~keep).sum().clamp_min(1).item()
-        keep, t, x0 = keep[rows].to(x0.device), t[rows], x0[rows]
-        x_t = torch.where(keep, x0, torch.full_like(x0, lm.process.mask_id))
-        score = getattr(self.net, 'score', None)
-        if score is not None: self.net.score = 'both'   # patterns: word and cell terms from one pass (08)
-        try: lp = self.net.x0_log_prob(x_t, t, x0)
-        finally:
-            if score is not None: self.net.score = score
-        ce = -(lp * ~keep).sum(1)
-        return (ce * -lm.process.schedule.dalpha(t).to(ce.device)).sum() * (world / n_masked)
+        lm = self.lm
+        if lm.cfg.model == 'ar': return ar_loss(self.net, x0[rank::world])
+        return masked_diffusion_loss(self.net, lm.process, x0, generator=torch.Generator().manual_seed(noise_seed),
+                                     weighting='masked_mean', shard=(rank, world),
+                                     **({'score': 'both'} if isinstance(self.net, PatternDenoiser) else {}))  # patterns: words and cells (08)
 
 def lr_factor(frac: float, step: int, warmup: int) -> float:
     "`vtd.core.warmup_cosine` (the one schedule) at fraction done `frac`, under the name this module has always given it."

@@ -268,3 +268,19 @@ def test_sigterm_leaves_a_resumable_last_pt_and_the_resumed_run_ends_with_the_sa
     a, b = (VisualTokenLM.load(tmp_path / d / 'last.pt') for d in ('whole', 'cut'))
     assert a.run_state['step'] == b.run_state['step']
     for (k, x), y in zip(a.net.state_dict().items(), b.net.state_dict().values()): assert torch.equal(x, y), k
+
+def test_diffusion_draws_keep_the_top_k_and_greedy_takes_the_argmax():
+    from vtd.diffusion import _sharpen, _draw_x0
+    p = torch.tensor([[0.1, 0.5, 0.3, 0.1]])
+    assert torch.allclose(_sharpen(p, 1.0, 2), torch.tensor([[0.0, 0.625, 0.375, 0.0]]))
+    assert torch.equal(_sharpen(p, 0.0), p) and torch.equal(_sharpen(p, 1.0), p)
+    with pytest.raises(ValueError, match='temperature'): _sharpen(p, -1.0)
+    lm = tiny()
+    x = torch.full((6, 8), lm.process.mask_id)
+    probs = lm.net.x0_probs(x, torch.ones(6))
+    ids, conf, _ = _draw_x0(lm.net, x, torch.ones(6), torch.Generator().manual_seed(0), temperature=0)
+    assert torch.equal(ids, probs.argmax(-1)) and torch.allclose(conf, probs.max(-1).values)
+    top3 = probs.topk(3, -1).indices
+    for s in range(5):
+        ids, _, _ = _draw_x0(lm.net, x, torch.ones(6), torch.Generator().manual_seed(s), top_k=3)
+        assert (ids[..., None] == top3).any(-1).all()

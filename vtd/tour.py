@@ -272,7 +272,9 @@ def time_line(lesson: str, record: str | Path | Mapping) -> str:
     data = record if isinstance(record, Mapping) else json.loads(Path(record).read_text())
     e = data['lessons'].get(lesson)
     if e is None: return f"{TIME_PREFIX} not measured yet (no full run of `{lesson}` in `{RECORD}`)."
-    return (f"{TIME_PREFIX} about {_duration(e['seconds'])} in its full setting on {e['machine'].get('cores', '?')} CPU cores "
+    m = e['machine']
+    where = f"{m.get('cores', '?')} CPU cores" if str(m.get('device', 'cpu')).startswith('cpu') else f"a {m.get('device_name') or m['device']}"
+    return (f"{TIME_PREFIX} about {_duration(e['seconds'])} in its full setting on {where} "
             f"(the record of full runs, `{RECORD}`, commit `{e['commit'][:7]}`); the smoke setting (`smoke = True`, what "
             "the tests run) is a small fraction of that.")
 

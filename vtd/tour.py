@@ -256,6 +256,7 @@ COURSE: list[tuple[str, str, str]] = [  # lesson, what it needs from earlier les
     ('08_diffusion', '05a, 05b, 07 (06 for the image prior)', 'masked and uniform discrete diffusion, the ELBO, bits per word'),
     ('09_lm', '07, 08', 'as 08'),
     ('09a_cli', '09', 'none'),
+    ('10_exercises', 'the lesson whose exercises you do (each lesson ends with its own)', 'as that lesson'),
 ]
 TIME_PREFIX = '**Time:**'  # the line of a lesson's first screen that `write_results` rewrites from the record
 START_MARK = '<!-- start here: generated from vtd.tour.COURSE and results/full.json by vtd.tour.write_results; do not edit -->'

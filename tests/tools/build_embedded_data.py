@@ -4,10 +4,10 @@
 
 - FashionMNIST subset: `--train` training and `--test` test images (default 10,000 and 2,000), the same number
   of each of the 10 classes, chosen with a seeded generator from the real IDX files (Debian's
-  `dataset-fashion-mnist` by default), stored as uint8 arrays in one `.npz` archive compressed with xz
+  FashionMNIST package by default), stored as uint8 arrays in one `.npz` archive compressed with xz
   (`fashion_mnist_subset.npz.xz`: x_train, y_train, x_test, y_test, and the indices into the original files).
   xz is measured against `np.savez_compressed` (zlib) every build; on 10,000 + 2,000 images xz is ~15% smaller.
-- TinyShakespeare: the whole text, xz-compressed (`tinyshakespeare.txt.xz`).
+- TinyShakespeare: the whole text, xz-compressed (`vtd.data.EMBEDDED_TEXTS`).
 The script prints each file's size and the total, which must stay within the 8 MB budget of issue #26.
 """
 import argparse, io, lzma, sys
@@ -17,7 +17,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from vtd.data import _read_fashion_dir  # the validated IDX reader: a bad source file stops the build
+from vtd.data import EMBEDDED_FASHION, EMBEDDED_TEXTS, _read_fashion_dir  # the validated IDX reader: a bad source file stops the build
 
 BUDGET = 8_000_000
 
@@ -33,7 +33,7 @@ def balanced_choice(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--fashion', type=Path, default=Path('/usr/share/datasets/fashion-mnist'))
-    ap.add_argument('--text', type=Path, default=Path('/work/shared/data/tinyshakespeare.txt'))
+    ap.add_argument('--text', type=Path, required=True, help="the whole TinyShakespeare text (karpathy's char-rnn input.txt)")
     ap.add_argument('--out', type=Path, default=REPO / 'vtd' / 'data_files')
     ap.add_argument('--train', type=int, default=10_000)
     ap.add_argument('--test', type=int, default=2_000)
@@ -51,9 +51,9 @@ def main(argv=None):
     xz = lzma.compress(plain.getvalue(), preset=9 | lzma.PRESET_EXTREME)
     print(f"FashionMNIST subset: np.savez_compressed {len(zipped.getvalue()):,} bytes, xz-compressed npz {len(xz):,} bytes")
     if len(xz) > len(zipped.getvalue()): raise SystemExit("xz is no longer the smaller: switch vtd.data to the zlib npz")
-    (a.out / 'fashion_mnist_subset.npz.xz').write_bytes(xz)
+    (a.out / EMBEDDED_FASHION).write_bytes(xz)
     text = a.text.read_text(encoding='utf-8')
-    (a.out / 'tinyshakespeare.txt.xz').write_bytes(lzma.compress(text.encode('utf-8'), preset=9 | lzma.PRESET_EXTREME))
+    (a.out / EMBEDDED_TEXTS['tinyshakespeare']).write_bytes(lzma.compress(text.encode('utf-8'), preset=9 | lzma.PRESET_EXTREME))
     total = 0
     for p in sorted(a.out.iterdir()):
         total += p.stat().st_size; print(f"{p.name:<32} {p.stat().st_size:>10,} bytes")

@@ -47,3 +47,15 @@ def browser_type_launch_args(browser_type_launch_args, chromium_path):
 @pytest.fixture(scope='session')
 def browser_context_args(browser_context_args):
     return {**browser_context_args, 'viewport': {'width': 1280, 'height': 900}}
+
+
+def digits_image_data(test_fraction: float = 0.2, seed: int = 0):
+    "scikit-learn's 8x8 digits as `ImageData`: a small real image set that keeps the metrics and prior unit tests fast."
+    import torch
+    from sklearn.datasets import load_digits
+    from vtd.data import ImageData
+    d = load_digits()
+    x, y = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None], torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(len(x) * test_fraction)); te, tr = perm[:n_test], perm[n_test:]
+    return ImageData(x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)], 'scikit-learn load_digits', 'digits')

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import digits_image_data  # the small real image set these unit tests share
 
 from vtd.metrics import (ClassifierConfig, ImageClassifier, classifier_accuracy, classifier_features, codebook_perplexity,
                          codebook_usage, distinct_n, frechet_distance, grid_diversity, psnr, ssim,
@@ -89,17 +90,6 @@ def test_classifier_runs_on_the_meta_device():
         x = torch.rand(4, 1, 28, 28)
     assert classifier_features(clf, x).device.type == 'meta'
     assert clf(x).shape == (4, 10) and clf(x).is_meta
-
-
-def digits_image_data(test_fraction: float = 0.2, seed: int = 0):
-    "scikit-learn's 8x8 digits as `ImageData`: a small real image set that keeps these unit tests fast."
-    from sklearn.datasets import load_digits
-    from vtd.data import ImageData
-    d = load_digits()
-    x, y = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None], torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(len(x) * test_fraction)); te, tr = perm[:n_test], perm[n_test:]
-    return ImageData(x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)], 'scikit-learn load_digits', 'digits')
 
 
 def _tiny_data():

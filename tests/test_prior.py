@@ -3,6 +3,7 @@ errors, sampling reproducibility (the generation metrics are tested in test_metr
 import numpy as np
 import pytest
 import torch
+from conftest import digits_image_data  # the small real image set these unit tests share
 
 from vtd.core import CheckpointError, save_checkpoint
 from vtd.prior import (CodeGrids, CodePrior, CodeRangeError, IndependentPositions, PriorConfig, check_codes,
@@ -118,17 +119,6 @@ def test_codebook_signature():
     sig = codebook_signature(FakeCodebook(12))
     assert sig['K'] == 12 and sig['kind'] == 'euclidean' and len(sig['hash']) == 16
     assert codebook_signature(FakeCodebook(12, seed=1))['hash'] != sig['hash']
-
-
-def digits_image_data(test_fraction: float = 0.2, seed: int = 0):
-    "scikit-learn's 8x8 digits as `ImageData`: a small real image set that keeps these unit tests fast."
-    from sklearn.datasets import load_digits
-    from vtd.data import ImageData
-    d = load_digits()
-    x, y = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None], torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(len(x) * test_fraction)); te, tr = perm[:n_test], perm[n_test:]
-    return ImageData(x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)], 'scikit-learn load_digits', 'digits')
 
 
 def _digit_grids():

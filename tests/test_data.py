@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vtd.data import (DataFileError, Vocabulary, load_embedded_fashion_mnist, load_fashion_mnist, load_image_data,
+from vtd.data import (DEBIAN_FASHION_DIR, DataFileError, Vocabulary, load_embedded_fashion_mnist, load_fashion_mnist, load_image_data,
                       load_text_corpus, photo_patches, read_corpus, read_idx, tokenize_words, FASHION_CLASSES, FASHION_FILES)
 
 
@@ -120,12 +120,12 @@ def test_vtd_data_embedded_means_only_the_embedded_data(newcomer, fake_full_fash
     assert 'embedded in vtd' in load_text_corpus('tinyshakespeare', verbose=False).source
 
 
-@pytest.mark.skipif(not Path('/usr/share/datasets/fashion-mnist').exists(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(not Path(DEBIAN_FASHION_DIR).exists(), reason="needs the 70,000 original images (Debian's FashionMNIST package) to compare with")
 def test_embedded_subset_is_the_real_images_it_says():
     "Where Debian's FashionMNIST is installed: the embedded images are the originals at the indices stored beside them."
     import io, lzma
     from vtd.data import EMBEDDED_DIR, EMBEDDED_FASHION
-    full = load_fashion_mnist(root='/usr/share/datasets/fashion-mnist', download=False, verbose=False)
+    full = load_fashion_mnist(root=DEBIAN_FASHION_DIR, download=False, verbose=False)
     with np.load(io.BytesIO(lzma.decompress((EMBEDDED_DIR / EMBEDDED_FASHION).read_bytes()))) as z:
         tr, te = torch.from_numpy(z['train_index'].astype(np.int64)), torch.from_numpy(z['test_index'].astype(np.int64))
     d = load_embedded_fashion_mnist()
@@ -146,7 +146,7 @@ def test_text_corpus_embedded_local_and_unknown(newcomer, monkeypatch):
     monkeypatch.setenv('VTD_DATA', str(newcomer))
     (newcomer / 'tiny.txt').write_text('To be, or not to be.')
     assert load_text_corpus('tiny', verbose=False).text.startswith('To be')
-    (newcomer / 'tinyshakespeare.txt').write_text('A local copy wins in full mode.')
+    (newcomer / f"{c.name}.txt").write_text('A local copy wins in full mode.')   # the test's own file, named as the corpus
     assert load_text_corpus('tinyshakespeare', verbose=False).text.startswith('A local copy')
     assert load_text_corpus('tinyshakespeare', smoke=True, verbose=False).text == c.text   # smoke: always the embedded
     # an unknown name is an error that lists the known ones, never a different corpus

@@ -1,4 +1,4 @@
-"Unit tests for vtd.diffusion: processes, posterior, loss weights, samplers, float32 Gumbel, bad inputs."
+"Unit tests for vtd.diffusion and vtd.autoregressive (the baseline): processes, posterior, loss weights, samplers, float32 Gumbel, bad inputs."
 import math
 
 import pytest
@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from vtd.diffusion import (AbsorbingProcess, UniformProcess, LogLinearSchedule, CosineSchedule, TokenDenoiser,
                            PatternDenoiser, masked_diffusion_loss, discrete_time_loss, heldout_bound, ancestral_sample,
-                           maskgit_sample, categorical, make_ar_model, ar_sample,
-                           ar_heldout_bits, ar_loss, distinct_n, unigram_entropy_bits)
+                           maskgit_sample, categorical, distinct_n, unigram_entropy_bits)
+from vtd.autoregressive import make_ar_model, ar_sample, ar_heldout_bits, ar_loss, transformer_flops
 
 SCHEDULES = [LogLinearSchedule(), CosineSchedule()]
 PROCESSES = [AbsorbingProcess, UniformProcess]
@@ -511,3 +511,14 @@ def test_float32_probabilities_still_draw_exactly():
     ce = -p.log2()[x]
     assert abs(ce.mean().item() - H) < 4 * ce.std().item() / math.sqrt(len(x))
     assert (x >= V // 2).float().mean() > 0.05     # the rare half of the vocabulary is drawn
+
+
+def test_the_baseline_lives_in_vtd_autoregressive_and_old_imports_still_resolve():
+    "The AR baseline's home is vtd.autoregressive; vtd.diffusion forwards the old names (transitional) and nothing else."
+    import vtd.diffusion as D, vtd.autoregressive as A
+    for name in ('make_ar_model', 'ar_loss', 'ar_heldout_bits', 'ar_sample', 'transformer_flops'):
+        assert getattr(D, name) is getattr(A, name) and name not in D.__all__ and name in A.__all__
+    with pytest.raises(AttributeError, match='no attribute'):
+        D.not_a_name
+    cfg = make_ar_model(50, 16, n_layer=2, n_head=2, n_embd=32).cfg
+    assert transformer_flops(cfg, 3, 16) == 3 * transformer_flops(cfg, 1, 16) > transformer_flops(cfg, 1, 8)

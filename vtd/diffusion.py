@@ -14,14 +14,14 @@ from fastcore.basics import patch
 import torch.nn.functional as F
 
 from .core import Config, module_device
-from .transformer import Transformer, TransformerConfig, generate
+from .transformer import Transformer, TransformerConfig
 from .metrics import distinct_n, unigram_entropy_bits  # the generation yardsticks live in vtd.metrics
 
 # %% auto 0
 __all__ = ['TextModelConfig', 'check_time', 'LogLinearSchedule', 'CosineSchedule', 'DiscreteProcess', 'AbsorbingProcess',
            'UniformProcess', 'TokenDenoiser', 'PatternEmbedding', 'PatternDenoiser', 'stratified_times',
-           'masked_diffusion_loss', 'discrete_time_loss', 'heldout_bound', 'make_ar_model', 'ar_loss',
-           'ar_heldout_bits', 'categorical', 'ancestral_sample', 'maskgit_sample', 'ar_sample', 'transformer_flops']
+           'masked_diffusion_loss', 'discrete_time_loss', 'heldout_bound', 'categorical', 'ancestral_sample',
+           'maskgit_sample']
 
 # %% ../nbs/08_diffusion.ipynb
 @dataclass(frozen=True)
@@ -458,36 +458,17 @@ def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | 
     return dict(bits_per_token=v.mean().item(), stderr=(v.std() / math.sqrt(len(v))).item(), n_t=n_t, T=T, n_seqs=len(v))
 
 # %% ../nbs/08_diffusion.ipynb
-def make_ar_model(vocab_size: int, block_size: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
-                  dropout: float = 0.0, rope: bool = False) -> Transformer:
-    "The autoregressive baseline: id `vocab_size` is the beginning-of-sequence token, never predicted."
-    return Transformer(TransformerConfig(vocab_size=vocab_size + 1, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                                         n_embd=n_embd, dropout=dropout, causal=True, n_out=vocab_size, rope=rope))
+# Transitional: the autoregressive baseline moved to `vtd.autoregressive`. Until every importer names its new
+# home (vtd.lm, lesson 09, tests/benchmarks), `from vtd.diffusion import ar_loss` still resolves, lazily
+# (vtd.autoregressive imports this module, so an import at the top would be circular). Remove at the merge.
+_MOVED_TO_AUTOREGRESSIVE = ('make_ar_model', 'ar_loss', 'ar_heldout_bits', 'ar_sample', 'transformer_flops')
 
-# %% ../nbs/08_diffusion.ipynb
-def _ar_inputs(model, x0):
-    V = model.cfg.n_out
-    if x0.dtype != torch.long or x0.ndim != 2: raise TypeError("x0 must be a [batch, length] torch.long tensor")
-    if x0.numel() and not x0.is_meta and (x0.min() < 0 or x0.max() >= V): raise ValueError(f"token ids outside the vocabulary [0, {V})")
-    return torch.cat([torch.full((len(x0), 1), V, dtype=torch.long, device=x0.device), x0[:, :-1]], 1)
+def __getattr__(name):
+    if name in _MOVED_TO_AUTOREGRESSIVE:
+        from vtd import autoregressive
+        return getattr(autoregressive, name)
+    raise AttributeError(f"module 'vtd.diffusion' has no attribute {name!r}")
 
-def ar_loss(model: Transformer, x0: torch.Tensor, reduction: str = 'mean') -> torch.Tensor:
-    "Exact negative log-likelihood in nats per token (`reduction='none'`: per position `[B, L]`)."
-    logits = model(_ar_inputs(model, x0)).float()
-    nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction='none')
-    return nll.mean() if reduction == 'mean' else nll
-
-@torch.no_grad()
-def ar_heldout_bits(model: Transformer, data: torch.Tensor, batch_size: int = 64) -> dict:
-    "Held-out bits per token (exact), its standard error over sequences, and the mean loss per position."
-    was = model.training; model.eval()
-    dev = model.head.weight.device
-    nll = torch.cat([ar_loss(model, data[b:b + batch_size].to(dev), 'none') for b in range(0, len(data), batch_size)]) / math.log(2)
-    model.train(was)
-    nll = nll.cpu()   # a summary of a few numbers per sequence, for tables and plots
-    per_seq = nll.mean(1)
-    return dict(bits_per_token=per_seq.mean().item(), stderr=(per_seq.std() / math.sqrt(len(per_seq))).item(),
-                per_position=nll.mean(0).float())
 
 # %% ../nbs/08_diffusion.ipynb
 def categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
@@ -628,39 +609,3 @@ def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, ste
         if record: history.append(dict(step=k, tokens=x.clone(), confidence=conf.clone()))
     denoiser.train(was_training)
     return dict(tokens=x, n_evals=steps, exact_share=exact.float().mean().item(), history=history, confidence=conf)
-
-# %% ../nbs/08_diffusion.ipynb
-def _check_prompt(prompt, n, length, V, device) -> torch.Tensor:
-    "A prompt `[P]` (shared) or `[n, P]` as `[n, P]` long ids in [0, V) on `device`, P <= length."
-    if not torch.is_tensor(prompt) or prompt.dtype != torch.long: raise TypeError("prompt must be a torch.long tensor of token ids")
-    if prompt.ndim == 1: prompt = prompt.expand(n, -1)
-    if prompt.ndim != 2 or prompt.shape[0] != n:
-        raise ValueError(f"prompt must be [P] or [n, P] with n = {n}, got shape {tuple(prompt.shape)}")
-    if prompt.shape[1] > length: raise ValueError(f"a prompt of {prompt.shape[1]} tokens does not fit in length {length}")
-    if not prompt.is_meta and prompt.numel() and (prompt.min() < 0 or prompt.max() >= V):
-        bad = prompt[(prompt < 0) | (prompt >= V)].unique()[:5].tolist()
-        raise ValueError(f"prompt holds ids {bad} outside the vocabulary [0, {V})")
-    return prompt.to(device)
-
-@torch.no_grad()
-def ar_sample(model: Transformer, n: int, length: int, generator=None, temperature: float = 1.0,
-              prompt: torch.Tensor | None = None) -> torch.Tensor:
-    """Samples `[n, length]`, one token at a time with the key/value cache (the repository's one sampling loop,
-    `vtd.transformer.generate`), each drawn by `categorical` in float64. `prompt` (`[P]` or `[n, P]` long) is the
-    fixed start of every sample: it is read in one pass, and the result begins with it exactly."""
-    if length > model.cfg.block_size:
-        raise ValueError(f"sequence of length {length} is longer than the model's context {model.cfg.block_size}")
-    if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
-    dev = model.head.weight.device
-    V = model.cfg.n_out
-    tok = torch.full((n, 1), V, dtype=torch.long, device=dev)
-    if prompt is not None: tok = torch.cat([tok, _check_prompt(prompt, n, length, V, dev)], 1)
-    pick = lambda logits: categorical(F.softmax(logits.to(_real(dev)) / temperature, -1), generator)
-    return generate(model, tok, length - tok.shape[1] + 1, pick=pick)[:, 1:]   # without the beginning-of-sequence id
-
-# %% ../nbs/08_diffusion.ipynb
-def transformer_flops(cfg: TransformerConfig, n_tokens: int, context: int) -> float:
-    "Forward FLOPs (multiply-adds x 2) for `n_tokens` positions each attending to `context` positions."
-    d, nl = cfg.n_embd, cfg.n_layer
-    per_token = nl * (2 * 12 * d * d + 2 * 2 * context * d) + 2 * d * cfg.n_out
-    return float(per_token * n_tokens)

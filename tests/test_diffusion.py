@@ -518,6 +518,7 @@ def test_the_baseline_lives_in_vtd_autoregressive_and_old_imports_still_resolve(
     import vtd.diffusion as D, vtd.autoregressive as A
     for name in ('make_ar_model', 'ar_loss', 'ar_heldout_bits', 'ar_sample', 'transformer_flops'):
         assert getattr(D, name) is getattr(A, name) and name not in D.__all__ and name in A.__all__
+    assert 'TextModelConfig' not in dir(D)   # lesson 08's settings live in the lesson
     with pytest.raises(AttributeError, match='no attribute'):
         D.not_a_name
     cfg = make_ar_model(50, 16, n_layer=2, n_head=2, n_embd=32).cfg

@@ -5,52 +5,21 @@
 # %% ../nbs/08_diffusion.ipynb 7
 from __future__ import annotations
 
-import math, time
-from dataclasses import dataclass
+import math
 
 import torch
 from torch import nn
 from fastcore.basics import patch
 import torch.nn.functional as F
 
-from .core import Config, module_device
+from .core import module_device
 from .transformer import Transformer, TransformerConfig
 from .metrics import distinct_n, unigram_entropy_bits  # the generation yardsticks live in vtd.metrics
 
 # %% auto 0
-__all__ = ['TextModelConfig', 'check_time', 'LogLinearSchedule', 'CosineSchedule', 'DiscreteProcess', 'AbsorbingProcess',
-           'UniformProcess', 'TokenDenoiser', 'PatternEmbedding', 'PatternDenoiser', 'stratified_times',
-           'masked_diffusion_loss', 'discrete_time_loss', 'heldout_bound', 'categorical', 'ancestral_sample',
-           'maskgit_sample']
-
-# %% ../nbs/08_diffusion.ipynb
-@dataclass(frozen=True)
-class TextModelConfig(Config):
-    "Lesson 08's word-level models: the data they read, the transformer's size, and how the denoisers and the autoregressive baseline train."
-    seq_len: int = 64                # words per sequence
-    vocab_size: int = 4000           # the most frequent training words, <unk> included
-    max_words: int | None = None     # use only the corpus's first words (None: all)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    rope: bool = True                # rotary positions, for every model
-    ar_dropout: float = 0.1          # the autoregressive model's; the diffusion models train without dropout
-    ar_lr: float = 1e-3
-    ar_weight_decay: float = 0.1
-    diffusion_lr: float = 3e-3
-    epochs: int = 8
-    batch_size: int = 32
-    warmup_steps: int = 50
-    grad_clip: float = 1.0
-
-    @classmethod
-    def smoke(cls): return cls(seq_len=32, vocab_size=400, max_words=25_000, n_layer=1, n_head=2, n_embd=32, ar_dropout=0.0, epochs=2)
-    @classmethod
-    def full(cls): return cls()
-    def model_kw(self) -> dict:
-        "The transformer's size, as `TokenDenoiser`, `PatternDenoiser` and `make_ar_model` take it."
-        return dict(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, rope=self.rope)
-
+__all__ = ['check_time', 'LogLinearSchedule', 'CosineSchedule', 'DiscreteProcess', 'AbsorbingProcess', 'UniformProcess',
+           'TokenDenoiser', 'PatternEmbedding', 'PatternDenoiser', 'stratified_times', 'masked_diffusion_loss',
+           'discrete_time_loss', 'heldout_bound', 'categorical', 'ancestral_sample', 'maskgit_sample']
 
 # %% ../nbs/08_diffusion.ipynb
 def check_time(t, name: str = 't') -> torch.Tensor:

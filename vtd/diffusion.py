@@ -180,6 +180,10 @@ class UniformProcess(DiscreteProcess):
         return post / post.sum(-1, keepdim=True)
 
 # %% ../nbs/08_diffusion.ipynb
+def _check_token_score(score):
+    "A token denoiser scores a token one way: `score` (a pattern denoiser's choice) must be None."
+    if score is not None: raise ValueError(f"score={score!r} is for a PatternDenoiser; a TokenDenoiser takes score=None")
+
 class TokenDenoiser(nn.Module):
     """p(x_0 | x_t) over `vocab_size` tokens from the repository's transformer (bidirectional). With
     `n_classes` > 0 it is class-conditional (the transformer's class embedding, added at every position)."""
@@ -203,10 +207,12 @@ class TokenDenoiser(nn.Module):
         t = check_time(t).to(x_t.device)
         return self.net(x_t, class_label=class_label, t=t if self.net.cfg.time_cond else None).float()
 
-    def x0_log_prob(self, x_t, t, x0, class_label=None) -> torch.Tensor:
+    def x0_log_prob(self, x_t, t, x0, class_label=None, score: str | None = None) -> torch.Tensor:
+        _check_token_score(score)
         return F.log_softmax(self.logits(x_t, t, class_label), -1).gather(-1, x0[..., None])[..., 0]
 
-    def x0_probs(self, x_t, t, class_label=None) -> torch.Tensor:
+    def x0_probs(self, x_t, t, class_label=None, score: str | None = None) -> torch.Tensor:
+        _check_token_score(score)
         return F.softmax(self.logits(x_t, t, class_label).to(_real(x_t.device)), -1)
 
 # %% ../nbs/08_diffusion.ipynb
@@ -254,10 +260,20 @@ class PatternDenoiser(nn.Module):
         if word_log_prior is not None and tuple(word_log_prior.shape) != (V,):
             raise ValueError(f"word_log_prior must have shape ({V},), got {tuple(word_log_prior.shape)}")
         self.word_bias = nn.Parameter(torch.zeros(V) if word_log_prior is None else word_log_prior.detach().float().clone())
-        # the default scoring, chosen when built; every call can name another (`score=`), nothing flips it:
+        # the default scoring, fixed when built; a call names another with `score=` (an argument, never a flipped mode):
         # 'cells' (a word is its cells' product), 'vocabulary' (p(word) ∝ exp(bias) Π_cells p(cell), renormalised over
         # the V words' patterns), 'both' (training: the word term plus the mean cell term, one pass)
-        self.score = score
+        self._default_score = score
+    @property
+    def default_score(self) -> str:
+        "The scoring used when a call passes no `score=`, chosen when the denoiser was built."
+        return self._default_score
+    @property
+    def score(self): return self._default_score
+    @score.setter
+    def score(self, value):
+        raise AttributeError(f"a PatternDenoiser's scoring is not a mode to flip (asked for {value!r}): pass score= to "
+                             "x0_log_prob, x0_probs, the losses, heldout_bound or the samplers, or build it with score=")
     @property
     def block_size(self): return self.net.cfg.block_size
 
@@ -284,7 +300,7 @@ def x0_log_prob(self: PatternDenoiser, x_t, t, x0, class_label=None, score: str 
     """log p(x_0 | x_t) per position under `score` (default: the denoiser's); 'both' (for training) is the word log-probability
     plus the *mean* cell log-probability: the cells teach the network without drowning the word term."""
     if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
-    score = _check_score(score or self.score)
+    score = _check_score(score or self.default_score)
     lp = self.cell_log_probs(x_t, t)
     cells = lp.gather(-1, self.table[x0][..., None])[..., 0].sum(-1)
     if score == 'cells': return cells
@@ -296,7 +312,7 @@ def x0_log_prob(self: PatternDenoiser, x_t, t, x0, class_label=None, score: str 
 def x0_probs(self: PatternDenoiser, x_t, t, class_label=None, score: str | None = None) -> torch.Tensor:
     "Cell probabilities `[B, L, G*G, C]` (most patterns are no word), or word probabilities with `score='vocabulary'` (default: the denoiser's)."
     if class_label is not None: raise ValueError("a PatternDenoiser is unconditional: pass class_label=None")
-    if _check_score(score or self.score) == 'vocabulary': return self.word_log_probs(x_t, t).to(_real(x_t.device)).exp()
+    if _check_score(score or self.default_score) == 'vocabulary': return self.word_log_probs(x_t, t).to(_real(x_t.device)).exp()
     return self.cell_log_probs(x_t, t).to(_real(x_t.device)).exp()
 
 # %% ../nbs/08_diffusion.ipynb
@@ -464,12 +480,17 @@ def _sharpen(probs: torch.Tensor, temperature: float = 1.0, top_k: int | None = 
     if temperature not in (0, 1): probs = probs.pow(1 / temperature)
     return probs / probs.sum(-1, keepdim=True)
 
-def _draw_x0(denoiser, x_t, t, generator, temperature=1.0, class_label=None, top_k=None):
+def _draw_x0(denoiser, x_t, t, generator, temperature=1.0, class_label=None, top_k=None, score=None):
     """One x_0 draw per position: (ids, confidence = probability of the drawn value, exactly-a-word flag).
-    `temperature` 0 takes the most probable value (greedy); `top_k` draws among the k likeliest."""
-    probs = _sharpen(denoiser.x0_probs(x_t, t, class_label=class_label), temperature, top_k)
+    `temperature` 0 takes the most probable value (greedy); `top_k` draws among the k likeliest; `score`
+    (a `PatternDenoiser`'s: 'cells' draws free cells, 'vocabulary' draws words; default: the denoiser's)."""
+    pattern = isinstance(denoiser, PatternDenoiser)
+    if pattern and _check_score(score or denoiser.default_score) == 'both':
+        raise ValueError("score='both' is a training loss, not a distribution to sample: pass 'cells' or 'vocabulary'")
+    kw = {} if score is None else {'score': score}
+    probs = _sharpen(denoiser.x0_probs(x_t, t, class_label=class_label, **kw), temperature, top_k)
     categorical_or_greedy = (lambda p, g: p.argmax(-1)) if temperature == 0 else categorical
-    if isinstance(denoiser, PatternDenoiser) and denoiser.score == 'cells':
+    if pattern and (score or denoiser.default_score) == 'cells':
         cells = categorical_or_greedy(probs, generator)                    # [B, L, G*G] free cell draws
         conf = probs.gather(-1, cells[..., None])[..., 0].log().sum(-1).exp()
         ids, exact = denoiser.decode_cells(cells)
@@ -496,7 +517,8 @@ def _check_x_init(x_init, process, n, length, device) -> torch.Tensor:
 
 @torch.no_grad()
 def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generator=None, temperature: float = 1.0,
-                     record: bool = False, class_label=None, x_init: torch.Tensor | None = None, top_k: int | None = None) -> dict:
+                     record: bool = False, class_label=None, x_init: torch.Tensor | None = None, top_k: int | None = None,
+                     score: str | None = None) -> dict:
     """Reverse-process samples `[n, length]` in `steps` steps. Returns tokens, the number of network
     evaluations, the share of positions whose draw was exactly a word's pattern, and (with `record`) each
     step's state and per-position confidence. `class_label` (an int or one per sample) conditions a
@@ -504,7 +526,8 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
     mask id (`process.vocab_size`) are generated, every other position is kept exactly (a prompt, or the
     words around a blank); with the uniform process the generated positions start from uniform noise and
     the given ones are restored after every step, so the denoiser always sees them clean. `temperature` 0 reveals the
-    most probable token (greedy) and `top_k` draws among the k likeliest (the absorbing process)."""
+    most probable token (greedy) and `top_k` draws among the k likeliest (the absorbing process). `score` is a
+    `PatternDenoiser`'s way of drawing words: 'cells' (free cells, decoded to the nearest word) or 'vocabulary'."""
     _check_sampling(denoiser, n, length, steps)
     dev = module_device(denoiser)
     V, mask_id = process.vocab_size, process.vocab_size
@@ -525,7 +548,7 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
             masked = x == mask_id
             if not masked.any(): break
             if cached is None or time_cond:
-                cached = _draw_x0(denoiser, x, t.expand(n), generator, temperature, class_label, top_k); n_evals += 1
+                cached = _draw_x0(denoiser, x, t.expand(n), generator, temperature, class_label, top_k, score); n_evals += 1
                 # fresh draws for the positions revealed below; reused while nothing changes
             a_s, a_t = process.schedule.alpha(s).double(), process.schedule.alpha(t).double()
             p_reveal = ((a_s - a_t) / (1 - a_t)).item() if i > 1 else 1.0
@@ -535,7 +558,7 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
                 x = torch.where(reveal, ids, x); conf = torch.where(reveal, c, conf); exact = torch.where(reveal, ex, exact)
                 cached = None  # x changed: the next step needs a new prediction
         else:
-            p0 = denoiser.x0_probs(x, t.expand(n), class_label=class_label)
+            p0 = denoiser.x0_probs(x, t.expand(n), class_label=class_label, **({} if score is None else {'score': score}))
             n_evals += 1
             if i > 1: x = categorical(process.posterior(x, p0, s, t), generator)
             else: x = categorical(p0, generator)
@@ -549,10 +572,10 @@ def ancestral_sample(denoiser, process, n: int, length: int, steps: int, generat
 @torch.no_grad()
 def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, steps: int, generator=None,
                    temperature: float = 1.0, record: bool = False, class_label=None,
-                   x_init: torch.Tensor | None = None, top_k: int | None = None) -> dict:
+                   x_init: torch.Tensor | None = None, top_k: int | None = None, score: str | None = None) -> dict:
     """Confidence-ordered unmasking: after step k, ⌊m·cos(π/2 · k/steps)⌋ positions stay masked, m being
     the number masked at the start (`length`; with `x_init`, its positions holding the mask id: only
-    those are generated, every other position is kept exactly)."""
+    those are generated, every other position is kept exactly). `score`: as `ancestral_sample`'s."""
     _check_sampling(denoiser, n, length, steps)
     if process.kind != 'absorbing': raise ValueError("MaskGIT sampling needs the absorbing process")
     dev = module_device(denoiser)
@@ -566,11 +589,11 @@ def maskgit_sample(denoiser, process: AbsorbingProcess, n: int, length: int, ste
     for k in range(1, steps + 1):
         masked = x == process.mask_id
         t = masked.float().mean(1)  # the mask rate is the time
-        ids, c, ex = _draw_x0(denoiser, x, t, generator, temperature, class_label, top_k)
+        ids, c, ex = _draw_x0(denoiser, x, t, generator, temperature, class_label, top_k, score)
         cos_k = math.cos(math.pi / 2 * k / steps)
         n_keep_masked = torch.tensor([int(math.floor(m * cos_k)) for m in m0], device=dev)
-        score = torch.where(masked, c, torch.full_like(c, -1.0))  # only masked positions compete
-        order = score.argsort(1, descending=True)
+        key = torch.where(masked, c, torch.full_like(c, -1.0))  # only masked positions compete
+        order = key.argsort(1, descending=True)
         n_reveal = (masked.sum(1) - n_keep_masked).clamp_min(0)
         rank = torch.empty_like(order); rank.scatter_(1, order, positions)
         reveal = masked & (rank < n_reveal[:, None])

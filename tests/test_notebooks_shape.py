@@ -5,12 +5,12 @@ learn, what you need and how long it takes, and has a cell that draws; every ter
 defined (or linked to the glossary by name) where the prose first uses it.
 
 Output checks (marked `notebook`): on the lesson run in smoke mode with matplotlib's inline backend, so its
-figures are saved as images. The copy is reused from `lesson_audit.EXECUTED_DIR` while it is current (same cell
-sources, newer than the lesson and every `vtd/*.py`), else the lesson is run here (papermill) and kept there.
-The file sorts after `test_notebooks.py`, so a run of both executes each lesson here only when that one did not
-leave a current copy. Checked: the first figure is on the first screen; no object reprs (`<... at 0x...>`), no
-local paths and no warnings in the outputs; at most one progress bar left in any cell (one per training run,
-and a cell that trains several models shows one bar for them all, or none).
+figures are saved as images. The copy is reused from `lesson_audit.EXECUTED_DIR` while it is current (the lesson's
+cell sources, run on the library as it is now), else the lesson is run here (papermill) and kept there
+(`test_notebooks.py` runs each lesson with the Agg backend, whose figures are never saved, so its copies cannot
+serve here). Checked: the first figure is on the first screen; no object reprs (`<... at 0x...>`), no local paths
+and no warnings in the outputs; at most one progress bar left in any cell (one per training run, and a cell that
+trains several models in a loop shows one bar for them all, or none).
 
 `python tests/tools/lesson_audit.py --details` prints the same findings as a table, with the prose checks that
 need a person (numbers in the prose that no output shows)."""

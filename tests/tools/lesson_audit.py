@@ -6,8 +6,9 @@ LESSON is a stem or a prefix (`00`, `05a`, `08_diffusion`); none means every les
 The audit reads smoke-executed copies of the lessons from DIR (default `$VTD_EXECUTED_DIR`, else
 `.pytest_cache/d/vtd-smoke-executed` in the repository, where `tests/test_notebooks.py` leaves them);
 `--execute` runs the stale or missing ones first with papermill (`smoke=True`, matplotlib's inline backend,
-so figures are saved as images). A copy is stale when its cells' sources differ from the lesson's, or when
-the lesson or any `vtd/*.py` is newer than it. Without an executed copy only the source checks are made.
+so figures are saved as images). A copy is current when its cells' sources are the lesson's and it was run on
+the library as it is now (a hash of `vtd/*.py`, stored in the copy's metadata by `execute`). Without a current
+copy only the source checks are made.
 
 It prints one row per lesson, then (with `--details`, or always for findings that need a person) the list:
 
@@ -269,20 +270,35 @@ def audit(nb: dict, lesson: str, executed: bool) -> Audit:
 def _sources(nb: dict) -> list[str]: return [_text(c['source']) for c in source_cells(nb)]
 
 
+def library_hash() -> str:
+    "A hash of the library's code (`vtd/*.py`): a lesson's outputs are current only for the library they ran on."
+    import hashlib
+    h = hashlib.sha256()
+    for p in sorted((REPO / 'vtd').glob('*.py')): h.update(p.name.encode()); h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def executed_copy(path: Path, directory: Path = EXECUTED_DIR) -> dict | None:
     "The smoke-executed copy of the lesson at `path` in `directory`, or None where it is missing or stale."
     copy = directory / path.name
     if not copy.exists(): return None
-    newest = max([path.stat().st_mtime] + [p.stat().st_mtime for p in (REPO / 'vtd').glob('*.py')])
-    if copy.stat().st_mtime < newest: return None
     nb = json.loads(copy.read_text())
+    if nb.get('metadata', {}).get('lesson_audit', {}).get('library') != library_hash(): return None
     return nb if _sources(nb) == _sources(json.loads(path.read_text())) else None
+
+
+def stamp(copy: Path, library: str):
+    "Mark an executed copy as run on the library whose hash is `library`."
+    nb = json.loads(copy.read_text())
+    nb.setdefault('metadata', {})['lesson_audit'] = {'library': library}
+    copy.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
 
 
 def execute(path: Path, directory: Path = EXECUTED_DIR, timeout: int = 600) -> dict:
     "Run the lesson in smoke mode with papermill into `directory` (figures as images: matplotlib's inline backend)."
     import papermill as pm, tempfile
     directory.mkdir(parents=True, exist_ok=True)
+    library = library_hash()   # taken before the run: a library edited while it runs leaves the copy stale
     old = {k: os.environ.get(k) for k in ('MPLBACKEND', 'VTD_RESULTS_DIR')}
     os.environ['MPLBACKEND'] = 'module://matplotlib_inline.backend_inline'   # the kernel inherits it: figures become PNGs
     os.environ['VTD_RESULTS_DIR'] = old['VTD_RESULTS_DIR'] or tempfile.mkdtemp(prefix='vtd-audit-results-')
@@ -293,6 +309,7 @@ def execute(path: Path, directory: Path = EXECUTED_DIR, timeout: int = 600) -> d
         for k, v in old.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
+    stamp(directory / path.name, library)
     return json.loads((directory / path.name).read_text())
 
 

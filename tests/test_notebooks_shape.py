@@ -47,13 +47,13 @@ def test_the_audit_finds_what_it_looks_for():
     out = lambda text, name='stdout': {'output_type': 'stream', 'name': name, 'text': text}
     png = {'output_type': 'display_data', 'data': {'image/png': 'iVBOR', 'text/plain': '<Figure>'}, 'metadata': {}}
     bar = {'output_type': 'display_data', 'data': {'application/vnd.jupyter.widget-view+json': {}, 'text/plain': 'fit:  50%|#    | 5/10 [00:01<00:01, 4.2it/s]'}, 'metadata': {}}
-    bad = {'cells': [md('# A lesson\n\nIt scores PSNR.'), code('x = 1'), md('## First\n\nThe codebook is small. Read the numbers above: 0.731.'),
+    bad = {'cells': [md('# A lesson\n\nIt scores PSNR.'), code('x = 1'), md('## First\n\nThe codebook is small, as issue 17 said. Read the numbers above: 0.731.'),
                      code('plt.plot(x)', [png, bar, bar, out('<torch._C.Generator at 0x7f00aa>\ncached at /tmp/abc/x.pt\n'),
                                           out('/x.py:3: UserWarning: careful\n', 'stderr')])]}
     a = lesson_audit.audit(bad, 'bad', executed=True)
     assert a.header_missing == ['what you will learn', 'what you need', 'time'] and a.first_figure == 3 and not a.figure_on_first_screen
     assert {t for t, _ in a.undefined} == {'PSNR', 'codebook'} and a.bars == {3: 2} and len(a.reprs) == 1 and len(a.paths) == 1
-    assert len(a.warnings) == 1 and a.non_concluding and a.numbers == [(2, '0.731')]
+    assert len(a.warnings) == 1 and a.non_concluding and [t for _, t in a.unopenable] == ['issue 17'] and a.numbers == [(2, '0.731')]
     good = {'cells': [md('# A lesson\n\n**What you will learn**\n\n- PSNR (peak signal-to-noise ratio)\n\n**What you need:** 00.\n\n**Time:** 1 s'),
                       code('plt.plot(x)', [png, bar]),
                       md('## First\n\nA [codebook](glossary.md#codebook) is small: 0.731.'), code('print(0.731)', [out('0.731\n')])]}
@@ -110,3 +110,11 @@ def test_at_most_one_progress_bar_per_cell(path):
     a = executed_audit(path)
     many = {i: n for i, n in a.bars.items() if n > 1}
     assert not many, f"{path.name} leaves several progress bars in a cell (cell: bars): {many}; one per training run, one for a loop of runs"
+
+
+@pytest.mark.parametrize('path', LESSONS, ids=IDS)
+def test_prose_concludes_and_cites_only_what_a_reader_can_open(path):
+    a = source_audit(path)
+    assert not a.non_concluding, f"{path.name}: prose that asks the reader to read the numbers instead of stating them (cell, text): {a.non_concluding}"
+    assert not a.unopenable, (f"{path.name}: references a reader cannot open (cell, text): {a.unopenable}; "
+                              "quote what the seed or the issue says instead")

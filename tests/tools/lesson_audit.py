@@ -73,15 +73,15 @@ TERMS: dict[str, tuple[str, list[str]]] = {
     'Gumbel-softmax': (r'(?i)gumbel', [r'(?i)gumbel noise', r'(?i)differentiable']),
     'AR model': (r'\bAR\b', [r'(?i)auto-?regressive']),
     'DDP': (r'\bDDP\b', [r'(?i)distributed data parallel', r'(?i)several processes']),
-    'ELBO-style bound': (r'(?i)\bupper bound\b', [r'(?i)bound on', r'(?i)(at least|never (less|more))', r'(?i)the (true|real)']),
     'absorbing diffusion': (r'(?i)\babsorbing\b', [r'\[MASK\]', r'(?i)mask token']),
     'distortion-rate D(R)': (r'\bD\(R\)|(?i:distortion-rate|rate-distortion|water-filling)', [r'(?i)smallest (mean squared )?error',
                                                                                            r'(?i)lower bound', r'(?i)no quantizer']),
+    'war story': (r'(?i)\bwar[- ]stor(y|ies)\b', [r'(?i)earlier attempt', r'(?i)write-?ups?\b']),
     'geodesic distance': (r'(?i)\bgeodesic', [r'(?i)shortest path', r'(?i)along (the|a) (graph|manifold|path)']),
 }
 
 NON_CONCLUDING = r'(?i)\b(read|see|look at|compare) (the|these) (numbers|figures|results)( above| below)?\b(?! (show|say|give))'
-UNOPENABLE = r'(?i)\bissue\s*#?\d+|\bseed \d{3}\'s (issue|file|notebook)|(?<![\w/])#\d{1,3}\b|\bwar[- ]stor(y|ies)\b'
+UNOPENABLE = r'(?i)\bissue\s*#?\d+|\bseed \d{3}\'s (issue|file|notebook)|(?<![\w/])#\d{1,3}\b'
 OBJECT_REPR = r'<[\w.]+(?: object)? at 0x[0-9a-fA-F]+>'
 LOCAL_PATH = r'(?<![\w.])(/tmp/|/home/|/work/|/root/|/Users/|[A-Z]:\\\\Users)'
 WARNING = r'\b\w*Warning\b:|^\s*warnings\.warn'

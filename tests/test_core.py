@@ -173,7 +173,12 @@ def test_cached_retrains_exactly_when_its_key_changes(tmp_path, capsys):
     run(_Cfg(), upstream=up); assert len(made) == 5      # upstream model
     for f in (tmp_path / 'lin').glob('*.pt'): f.write_bytes(b'not a checkpoint')
     capsys.readouterr(); run(_Cfg()); assert len(made) == 6
-    assert 'cannot be used' in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert 'cannot be used' in said and 'made in' in said
+    run(_Cfg()); said += capsys.readouterr().out
+    assert 'loaded from the cache (lin/' in said
+    # the messages name the entry (kind/key.pt), never the machine's cache directory
+    assert str(tmp_path) not in said, said
     d = cached('table', _Cfg(), lambda: {'codes': torch.arange(3), 'K': 3}, cache_dir=tmp_path)
     e = cached('table', _Cfg(), lambda: 1 / 0, cache_dir=tmp_path)  # loads: make() is never called
     assert torch.equal(d['codes'], e['codes']) and e['K'] == 3

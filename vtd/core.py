@@ -566,18 +566,19 @@ def cached(kind: str, config, make: Callable[[], Any], build: Callable[[], nn.Mo
     ups = upstream if isinstance(upstream, (list, tuple)) else [upstream]
     key = fingerprint(kind, cfg, fp(data), [fp(u) for u in ups])
     path = Path(cache_dir or cache_root()) / kind / f"{key}.pt"
+    entry = f"{kind}/{key}.pt"   # messages name the entry, not the directory: a path is the machine's, not the reader's
     say = print if verbose else (lambda *a, **k: None)
     if path.exists():
         try:
             model = build() if build is not None else None
             ckpt = load_checkpoint(path, model=model, expected_config=cfg, kind=kind)
-            say(f"{kind}: loaded from the cache ({path})")
+            say(f"{kind}: loaded from the cache ({entry})")
             if model is not None:
                 for name, value in ckpt['extra'].items(): setattr(model, name, value)   # the module's kept attributes
             out = model if model is not None else {**ckpt['extra'], **ckpt['state_dict']}
             return _to(out, device)
         except CheckpointError as e:
-            say(f"{kind}: the cached file cannot be used ({e}); making it again")
+            say(f"{kind}: the cached file cannot be used ({str(e).replace(str(path), entry)}); making it again")
     t0 = time.perf_counter()
     out = make()
     if isinstance(out, nn.Module):
@@ -592,7 +593,7 @@ def cached(kind: str, config, make: Callable[[], Any], build: Callable[[], nn.Mo
         tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
         save_checkpoint(path, tensors, cfg, kind=kind, extra={k: v for k, v in out.items() if k not in tensors})
     else: raise TypeError(f"cached({kind!r}): make() must return an nn.Module or a dict, got {type(out).__name__}")
-    say(f"{kind}: made in {time.perf_counter() - t0:.1f} s, cached at {path}")
+    say(f"{kind}: made in {time.perf_counter() - t0:.1f} s, cached as {entry}")
     return _to(out, device)
 
 def _to(obj, device):

@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument('--prompt-file', default=None, help="a UTF-8 text file whose text is the prompt")
     g.add_argument('--length', type=int, default=None, help="tokens per sample, prompt included: any number (default: the context)")
     g.add_argument('--block', type=int, default=None, help="past the context, tokens written per block, each block conditioned "
-                   "on the last (context - block) tokens (default: half the context; the AR model at 1 re-reads a full context every token)")
-    g.add_argument('--steps', type=int, default=32, help='reverse steps per block (diffusion only; default 32)')
-    g.add_argument('--sampler', choices=('ancestral', 'maskgit'), default='ancestral', help='diffusion only (default ancestral)')
+                   "on the last (context - block) tokens (default: half the context; the AR model at 1 re-reads a full context every token; "
+                   "block diffusion writes its own --block-size blocks and keeps the last (context - block) tokens when its cache is full)")
+    g.add_argument('--steps', type=int, default=32, help='reverse steps per block (diffusion and block diffusion; default 32)')
+    g.add_argument('--sampler', choices=('ancestral', 'maskgit'), default='ancestral', help='diffusion and block diffusion (default ancestral)')
     g.add_argument('--num-samples', type=int, default=4, help='(default 4)')
     g.add_argument('--temperature', type=float, default=1.0, help='softmax temperature; 0 is greedy: the most probable token at each draw (default 1)')
     g.add_argument('--top-k', type=int, default=None, help='draw among the k most probable tokens only (default: all)')

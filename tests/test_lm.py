@@ -401,3 +401,20 @@ def test_block_sampling_any_length_prompts_and_the_cache(monkeypatch):
     assert lm.generate(prompt, length=13, seed=4) == lm.generate(prompt, length=13, seed=4)
     h = lm.sample(prompt, length=12, steps=2, record=True)['history']
     assert [e['step'] for e in h] == list(range(1, len(h) + 1)) and h[-1]['tokens'].shape == (1, 12)
+
+
+def test_data_limited_study_chooses_on_validation_and_scores_the_test_half():
+    from vtd.lm import data_limited_study, data_limited_summary, plot_data_limited, train_flops_per_step
+    grid = ((0.0, 0.0), (0.2, 0.1))
+    study = data_limited_study(TEXT, TINY.replace(valid_fraction=0.3), models=('ar', 'block'), epochs=2, grid=grid, log=lambda *a: None)
+    runs = study['runs']
+    assert [(r['model'], r['dropout'], r['weight_decay']) for r in runs] == [(m, *g) for m in ('ar', 'block') for g in grid]
+    for r in runs:
+        assert len(r['valid']) == len(r['test']) == len(r['epoch']) == 2 and r['flops'][1] > r['flops'][0] > 0
+        assert r['valid'] != r['test']                                    # two halves, two scores
+    for m in ('ar', 'block'):
+        assert study['chosen'][m] == min((i for i, r in enumerate(runs) if r['model'] == m), key=lambda i: min(runs[i]['valid']))
+    s = data_limited_summary(study)
+    assert set(s) == {'ar', 'block'} and s['block']['gap_to_ar_at_best'] == pytest.approx(s['block']['test_at_best'] - s['ar']['test_at_best'])
+    assert train_flops_per_step(tiny(model='block')) > 2 * train_flops_per_step(tiny())   # block diffusion reads 2L tokens per sequence
+    assert len(plot_data_limited(study).axes) == 2

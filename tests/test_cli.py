@@ -63,6 +63,25 @@ def test_ar_and_bpe_from_the_command_line(tmp_path, corpus):
     assert code == 0 and '[0] first' in out, out
 
 
+def test_block_diffusion_train_resume_generate_score(tmp_path, corpus):
+    "`--model block --block-size 2` end to end: trained, sampled (prompt, any length, steps shown), scored; a bad block size refused."
+    args = ['--model', 'block', '--block-size', '2', *TINY]
+    code, out, err = run(['train', corpus, '--out', tmp_path / 'whole', '--epochs', '2', *args])
+    assert code == 0 and 'VisualTokenLM(block' in out, err
+    a = VisualTokenLM.load(tmp_path / 'whole' / 'last.pt')
+    assert a.cfg.model == 'block' and a.cfg.block_size == 2 and a.run_state['step'] > 0   # (stopped and resumed: the Ctrl-C test below)
+    code, out, err = run(['generate', tmp_path / 'whole' / 'best.pt', '--prompt', 'first citizen :', '--length', '19',
+                          '--num-samples', '2', '--steps', '2', '--sampler', 'maskgit'])
+    lines = [l.split('] ', 1)[1] for l in out.splitlines() if l.startswith('[')]
+    assert code == 0 and len(lines) == 2 and all(l.startswith('first citizen:') for l in lines), out + err
+    code, out, _ = run(['generate', tmp_path / 'whole' / 'best.pt', '--length', '6', '--steps', '2', '--num-samples', '1', '--show-steps', '--sampler', 'maskgit'])
+    assert code == 0 and out.count('step ') == 6 and '_' in out.splitlines()[0], out   # 3 blocks of 2, 2 steps each
+    code, out, _ = run(['score', tmp_path / 'whole' / 'best.pt', corpus, '--n-t', '2'])
+    assert code == 0 and 'block diffusion bound' in out and 'floors: unigram' in out, out
+    code, _, err = run(['train', corpus, '--out', tmp_path / 'bad', '--model', 'block', '--block-size', '3', *TINY])
+    assert code == 2 and 'block_size 3 does not divide seq_len 8' in err and not (tmp_path / 'bad').exists(), err
+
+
 def test_clear_errors(tmp_path, corpus):
     (tmp_path / 'empty.txt').write_text(' \n'); (tmp_path / 'short.txt').write_text('to be or not')
     save_checkpoint(tmp_path / 'other.pt', torch.nn.Linear(2, 2), {'a': 1}, kind='codebook')
@@ -84,8 +103,9 @@ def test_clear_errors(tmp_path, corpus):
     assert code == 2 and '--n-embd 32 (the run has 16)' in err
 
 
-def test_ctrl_c_leaves_a_resumable_run_that_ends_like_an_uninterrupted_one(tmp_path, corpus):
-    args = ['train', corpus, '--epochs', '12', *TINY[:-1], '0']
+@pytest.mark.parametrize('model', [[], ['--model', 'block', '--block-size', '2']], ids=['diffusion', 'block'])
+def test_ctrl_c_leaves_a_resumable_run_that_ends_like_an_uninterrupted_one(tmp_path, corpus, model):
+    args = ['train', corpus, '--epochs', '12', *TINY[:-1], '0', *model]
     assert run([*args[:2], '--out', tmp_path / 'whole', *args[2:]])[0] == 0
     proc = subprocess.Popen([sys.executable, '-m', 'vtd.cli', *map(str, args[:2]), '--out', str(tmp_path / 'cut'), *args[2:]],
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -132,7 +152,7 @@ def test_new_flags_reach_the_config(tmp_path, corpus):
     assert (cfg['dropout'], cfg['weight_decay'], cfg['warmup'], cfg['grad_clip'], cfg['valid_fraction'], cfg['n_valid']) == (0.2, 0.05, 3, 0.5, 0.2, 4)
 
 
-@pytest.mark.parametrize('model', ['diffusion', 'ar'])
+@pytest.mark.parametrize('model', ['diffusion', 'ar', 'block'])
 def test_generate_any_length_and_the_knobs(tmp_path, corpus, model):
     assert run(['train', corpus, '--out', tmp_path / 'r', '--epochs', '1', '--model', model, *TINY])[0] == 0
     ckpt = tmp_path / 'r' / 'best.pt'

@@ -22,9 +22,10 @@ def torchrun(*cmd, env=None):
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_two_gloo_processes_equal_one(tmp_path, patterns='arbitrary'):
+@pytest.mark.parametrize('extra', [['--patterns', 'arbitrary'], ['--model', 'block', '--block-size', '2']], ids=['patterns', 'block'])
+def test_two_gloo_processes_equal_one(tmp_path, extra):
     corpus = tmp_path / 'c.txt'; corpus.write_text(TEXT)
-    args = [*ARGS, '--patterns', patterns]
+    args = [*ARGS, *extra]
     assert main(['train', str(corpus), '--out', str(tmp_path / 'one'), *args]) == 0
     r = torchrun('-m', 'vtd.cli', 'train', str(corpus), '--out', str(tmp_path / 'two'), *args,
                  env={'PYTHONPATH': str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', '')})

@@ -2,6 +2,7 @@
 import math, warnings
 
 import pytest
+import torch.nn.functional as F
 import torch
 
 from vtd.core import CheckpointError, save_checkpoint
@@ -62,15 +63,15 @@ def test_corpus_errors_are_clear(tmp_path):
     with pytest.raises(DataFileError, match='fewer than one sequence'): VisualTokenLM.build("to be or not", TINY)
 
 
-@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary'), dict(tokenizer='bpe', vocab_size=280)],
-                         ids=['diffusion', 'ar', 'patterns', 'bpe'])
+@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary'), dict(tokenizer='bpe', vocab_size=280),
+                                dict(model='block', block_size=2)], ids=['diffusion', 'ar', 'patterns', 'bpe', 'block'])
 def test_fit_score_generate_keep_the_prompt(kw):
     lm = quiet_fit(tiny(**kw))
     h = lm.history
     assert h['steps'] > 0 and len(h['valid_bits']) == 1 and math.isfinite(h['best_bits'])
     s = lm.score(TEXT[-400:], n_t=2)
     assert math.isfinite(s['bits_per_word']) and s['uniform_bits_per_token'] == pytest.approx(math.log2(lm.vocab_size))
-    assert s['measure'].startswith('exact' if lm.cfg.model == 'ar' else 'diffusion')
+    assert s['measure'].startswith({'ar': 'exact', 'block': 'block diffusion'}.get(lm.cfg.model, 'diffusion'))
     prompt = "first citizen : you" if lm.cfg.tokenizer == 'word' else "first"
     p = lm.encode_prompt(prompt)
     for sampler in ('ancestral', 'maskgit'):
@@ -131,7 +132,7 @@ def test_any_length_keeps_the_prompt_and_conditions_each_block_on_the_last_token
     assert all(e['tokens'].shape == e['confidence'].shape for e in h) and len({e['tokens'].shape[1] for e in h}) > 1
 
 
-@pytest.mark.parametrize('model', ['diffusion', 'ar'])
+@pytest.mark.parametrize('model', ['diffusion', 'ar', 'block'])
 def test_greedy_at_temperature_zero_and_top_k(model):
     lm = quiet_fit(tiny(model=model))
     kw = dict(length=20, steps=4, sampler='maskgit', num_samples=3, block=4)
@@ -159,7 +160,7 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     with pytest.raises(ValueError, match='unknown device'): VisualTokenLM.load(tmp_path / 'lm.pt', device='tpu')
 
 
-@pytest.mark.parametrize('model', ['diffusion', 'ar'])
+@pytest.mark.parametrize('model', ['diffusion', 'ar', 'block'])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, model):
     cfg = dict(model=model, epochs=3)
     whole = quiet_fit(tiny(**cfg), out=tmp_path / 'whole', keep_best=False)
@@ -174,7 +175,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, model):
     assert {p.name for p in (tmp_path / 'whole').iterdir()} >= {'best.pt', 'last.pt', 'history.json', 'loss.png', 'samples.txt'}
 
 
-@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary')], ids=['diffusion', 'ar', 'patterns'])
+@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary'), dict(model='block', block_size=2)],
+                         ids=['diffusion', 'ar', 'patterns', 'block'])
 def test_sharded_objective_sums_to_the_global_batch(kw):
     "What DDP relies on: the mean over 2 ranks of each rank's loss on its rows is the 1-process loss, and so is the gradient."
     lm = tiny(dropout=0.0, **kw)
@@ -189,7 +191,8 @@ def test_sharded_objective_sums_to_the_global_batch(kw):
     for a, b, c in zip(ga, gb, g1): assert torch.allclose((a + b) / 2, c, atol=1e-6)
 
 
-@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary')], ids=['diffusion', 'ar', 'patterns'])
+@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary'), dict(model='block', block_size=2)],
+                         ids=['diffusion', 'ar', 'patterns', 'block'])
 def test_forward_and_loss_on_the_meta_device(kw):
     "A tensor the model's loss or forward creates on the CPU fails loudly on meta."
     lm = tiny(**kw)
@@ -218,7 +221,8 @@ def test_random_windows_differ_between_epochs_and_repeat_with_the_seed():
     with pytest.raises(DataFileError, match='fewer than one sequence'): random_windows(torch.arange(5), 8)
 
 
-@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary')], ids=['diffusion', 'ar', 'patterns'])
+@pytest.mark.parametrize('kw', [dict(), dict(model='ar'), dict(patterns='arbitrary'), dict(model='block', block_size=2)],
+                         ids=['diffusion', 'ar', 'patterns', 'block'])
 def test_every_trained_parameter_gets_a_gradient_so_ddp_needs_no_unused_search(kw):
     lm = tiny(**kw)
     x0 = as_sequences(lm.tokenizer.encode(TEXT), 8)[:8]
@@ -284,3 +288,133 @@ def test_diffusion_draws_keep_the_top_k_and_greedy_takes_the_argmax():
     for s in range(5):
         ids, _, _ = _draw_x0(lm.net, x, torch.ones(6), torch.Generator().manual_seed(s), top_k=3)
         assert (ids[..., None] == top3).any(-1).all()
+
+
+# --- Issue 29: block diffusion ---
+from vtd.lm import BlockDenoiser, block_causal_mask, block_diffusion_loss, block_heldout_bound, _CachedBlock
+
+
+def test_block_causal_mask_is_bd3lms():
+    m = block_causal_mask(4, 2).int().tolist()
+    assert m == [[1, 1, 0, 0, 0, 0, 0, 0],     # noised block 0: itself only
+                 [1, 1, 0, 0, 0, 0, 0, 0],
+                 [0, 0, 1, 1, 1, 1, 0, 0],     # noised block 1: itself and clean block 0
+                 [0, 0, 1, 1, 1, 1, 0, 0],
+                 [0, 0, 0, 0, 1, 1, 0, 0],     # clean block 0: itself
+                 [0, 0, 0, 0, 1, 1, 0, 0],
+                 [0, 0, 0, 0, 1, 1, 1, 1],     # clean block 1: clean blocks 0 and 1, never a noised token
+                 [0, 0, 0, 0, 1, 1, 1, 1]]
+    assert torch.equal(block_causal_mask(4, 1, noised=False), torch.ones(4, 4, dtype=torch.bool).tril())   # 1: causal
+    assert block_causal_mask(4, 4, noised=False).all() and block_causal_mask(4, 4)[:4, 4:].sum() == 0     # L: no left context
+
+
+def test_bad_block_sizes_are_clear_errors():
+    with pytest.raises(ValueError, match=r'block_size 3 does not divide seq_len 8.*\[1, 2, 4, 8\]'): LMConfig(model='block', seq_len=8, block_size=3)
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match='block_size must be a positive'): LMConfig(model='block', block_size=bad)
+    with pytest.raises(ValueError, match='block diffusion model reads token embeddings'): LMConfig(model='block', patterns='arbitrary')
+    with pytest.raises(ValueError, match='dividing seq_len'): BlockDenoiser(10, 8, 3)
+    assert LMConfig(model='block', seq_len=8, block_size=8).lr == 3e-3 and LMConfig(seq_len=6).block_size == 4   # only 'block' needs it to divide
+    with pytest.raises(ValueError, match='cannot infill'): tiny(model='block').infill("you ___ all")
+
+
+def _cached_logits(lm, x0, x_t, b):
+    "Block b's logits from the sampler's path: the clean blocks before it fed to the cache one block at a time, then b read beside them."
+    den, K = lm.net, lm.cfg.block_size
+    cache = den.net.new_cache(blockwise=True)
+    for j in range(b): den.net(x0[:, j * K:(j + 1) * K], cache=cache, pos_offset=j * K)
+    return _CachedBlock(den, cache, b * K).x0_probs(x_t[:, b * K:(b + 1) * K], None).log()
+
+
+@pytest.mark.parametrize('K', [1, 2, 4])
+def test_the_cache_path_sees_what_training_saw(K):
+    "Each noised block's prediction in training's one pass over [x_t ; x0] equals the sampler's, from the key/value cache."
+    lm = tiny(model='block', block_size=K).eval()
+    x0 = as_sequences(lm.tokenizer.encode(TEXT), 8)[:3]
+    x_t = torch.where(torch.rand(x0.shape, generator=torch.Generator().manual_seed(0)) < 0.5, x0, lm.process.mask_id)
+    with torch.no_grad():
+        train = F.log_softmax(lm.net.logits(x_t, x0).double(), -1)
+        for b in range(8 // K):
+            assert torch.allclose(train[:, b * K:(b + 1) * K], _cached_logits(lm, x0, x_t, b), atol=1e-5), b
+
+
+def test_block_size_1_bound_is_the_autoregressive_cross_entropy_on_the_same_weights():
+    """One-token blocks: at t = 1 every block is masked and its weight 1/t is 1, so the bound is the mean over positions of
+    -log p(x_i | x_<i), here computed directly, token by token, from the key/value cache of the tokens before each
+    (for t < 1 a token is masked with probability t and weighted 1/t: the same cross-entropy in expectation)."""
+    lm = quiet_fit(tiny(model='block', block_size=1)).eval()
+    x0 = as_sequences(lm.tokenizer.encode(TEXT), 8)[:5]
+    M = lm.process.mask_id
+    with torch.no_grad():
+        bound = block_diffusion_loss(lm.net, lm.process, x0, t=torch.ones(5, 8), reduction='none')
+        direct = torch.stack([-_cached_logits(lm, x0, torch.full_like(x0, M), i)[:, 0].gather(-1, x0[:, i:i + 1])[:, 0]
+                              for i in range(8)], 1).mean(1)
+    assert torch.allclose(bound.double(), direct, atol=1e-5) and (direct > 0).all()
+    # a left-to-right model: changing a later token never changes an earlier token's bound
+    x1 = x0.clone(); x1[:, 5] = (x1[:, 5] + 1) % lm.vocab_size
+    with torch.no_grad():
+        lp0, lp1 = (lm.net.x0_log_prob(torch.full_like(x, M), x) for x in (x0, x1))
+    assert torch.allclose(lp0[:, :5], lp1[:, :5], atol=1e-6) and not torch.allclose(lp0[:, 6:], lp1[:, 6:])   # (5: its own target)
+
+
+def test_block_size_seq_len_is_masked_diffusion_on_the_same_weights():
+    "One block of the whole sequence: the same masks, the same logits, the same bound as 08's masked diffusion (TokenDenoiser)."
+    from vtd.diffusion import TokenDenoiser, masked_diffusion_loss
+    lm = quiet_fit(tiny(model='block', block_size=8)).eval()
+    c = lm.cfg
+    md = TokenDenoiser(lm.vocab_size, c.seq_len, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, rope=True).eval()
+    md.net.load_state_dict(lm.net.net.state_dict())
+    x0 = as_sequences(lm.tokenizer.encode(TEXT), 8)[:6]
+    t = torch.rand(6, generator=torch.Generator().manual_seed(1)).clamp_min(0.05)
+    with torch.no_grad():
+        a = block_diffusion_loss(lm.net, lm.process, x0, t=t[:, None], generator=torch.Generator().manual_seed(5), reduction='none')
+        b = masked_diffusion_loss(md, lm.process, x0, t=t, generator=torch.Generator().manual_seed(5), reduction='none')
+        x_t = lm.process.q_sample(x0, 0.5, torch.Generator().manual_seed(2))
+        assert torch.allclose(lm.net.logits(x_t, x0), md.logits(x_t, 0.5), atol=1e-5)
+    assert torch.allclose(a, b, atol=1e-5) and (a > 0).all()
+
+
+def test_block_heldout_bound_is_stratified_and_seeded():
+    lm = quiet_fit(tiny(model='block', block_size=2))
+    seqs = as_sequences(lm.tokenizer.encode(TEXT), 8)[:16]
+    r = block_heldout_bound(lm.net, lm.process, seqs, n_t=4, seed=3)
+    assert r == block_heldout_bound(lm.net, lm.process, seqs, n_t=4, seed=3) and r['n_seqs'] == 16 and 0 < r['stderr'] < r['bits_per_token']
+    with pytest.raises(ValueError, match='n_t'): block_heldout_bound(lm.net, lm.process, seqs, n_t=3)
+    assert lm.heldout_bits(seqs, n_t=4, seed=3) == r
+
+
+def test_block_sampling_any_length_prompts_and_the_cache(monkeypatch):
+    "Blocks of 2 after a 5-token prompt: its whole blocks go to the cache, its last token is kept in the first block, any length."
+    lm = quiet_fit(tiny(model='block', block_size=2))
+    prompt = "first citizen : you are"
+    p = lm.encode_prompt(prompt)
+    calls, real = [], type(lm.net.net).forward
+    monkeypatch.setattr(type(lm.net.net), 'forward', lambda self, idx, *a, **k: calls.append((idx.shape[1], k.get('extend_cache', True),
+                        k.get('pos_offset', 0))) or real(self, idx, *a, **k))
+    for sampler in ('ancestral', 'maskgit'):
+        calls.clear()
+        r = lm.sample(prompt, length=21, steps=2, sampler=sampler, num_samples=3, seed=1, block=4)
+        assert r['tokens'].shape == (3, 21) and (r['tokens'][:, :5] == p).all() and (r['tokens'] < lm.vocab_size).all()
+        denoise = [c for c in calls if not c[1]]
+        assert all(n <= 2 for n, *_ in denoise) and max(pos for *_, pos in denoise) <= 6   # a block at a time, inside the context of 8
+        assert calls[0] == (4, True, 0)                                                  # the prompt's two whole blocks, one pass
+    assert lm.generate(prompt, length=13, seed=4) == lm.generate(prompt, length=13, seed=4)
+    h = lm.sample(prompt, length=12, steps=2, record=True)['history']
+    assert [e['step'] for e in h] == list(range(1, len(h) + 1)) and h[-1]['tokens'].shape == (1, 12)
+
+
+def test_data_limited_study_chooses_on_validation_and_scores_the_test_half():
+    from vtd.lm import data_limited_study, data_limited_summary, plot_data_limited, train_flops_per_step
+    grid = ((0.0, 0.0), (0.2, 0.1))
+    study = data_limited_study(TEXT, TINY.replace(valid_fraction=0.3), models=('ar', 'block'), epochs=2, grid=grid, log=lambda *a: None)
+    runs = study['runs']
+    assert [(r['model'], r['dropout'], r['weight_decay']) for r in runs] == [(m, *g) for m in ('ar', 'block') for g in grid]
+    for r in runs:
+        assert len(r['valid']) == len(r['test']) == len(r['epoch']) == 2 and r['flops'][1] > r['flops'][0] > 0
+        assert r['valid'] != r['test']                                    # two halves, two scores
+    for m in ('ar', 'block'):
+        assert study['chosen'][m] == min((i for i, r in enumerate(runs) if r['model'] == m), key=lambda i: min(runs[i]['valid']))
+    s = data_limited_summary(study)
+    assert set(s) == {'ar', 'block'} and s['block']['gap_to_ar_at_best'] == pytest.approx(s['block']['test_at_best'] - s['ar']['test_at_best'])
+    assert train_flops_per_step(tiny(model='block')) > 2 * train_flops_per_step(tiny())   # block diffusion reads 2L tokens per sequence
+    assert len(plot_data_limited(study).axes) == 2

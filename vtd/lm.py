@@ -15,30 +15,35 @@ import torch.nn.functional as F
 
 from .core import (Callback, CheckpointCB, Config, CheckpointError, DDPCB, GradClipCB, InterruptCB, Learner,
                       LRScheduleCB, ProgressCB, TimeBudgetCB, batches, cached, get_device, load_checkpoint,
-                      decay_groups, save_checkpoint, seed_everything, warmup_cosine)
+                      decay_groups, module_device, save_checkpoint, seed_everything, warmup_cosine)
 from fastcore.basics import patch
 
 from .data import DataFileError, Vocabulary, tokenize_words
-from .diffusion import (AbsorbingProcess, PatternDenoiser, TokenDenoiser, ancestral_sample, ar_heldout_bits,
-                           ar_loss, ar_sample, heldout_bound, make_ar_model, maskgit_sample, masked_diffusion_loss)
+from .diffusion import (AbsorbingProcess, PatternDenoiser, TokenDenoiser, ancestral_sample, check_time, heldout_bound,
+                           maskgit_sample, masked_diffusion_loss, stratified_times)
+from .diffusion import ar_heldout_bits, ar_loss, ar_sample, make_ar_model   # the autoregressive baseline
+from .transformer import Transformer, TransformerConfig
 
 # %% auto 0
 __all__ = ['MODELS', 'TOKENIZERS', 'PATTERNS', 'LM_KIND', 'BLANK', 'LMConfig', 'WordTokenizer', 'BPETokenizer', 'make_tokenizer',
            'tokenizer_from_state', 'split_corpus', 'as_sequences', 'random_windows', 'make_pattern_table',
-           'VisualTokenLM', 'lr_factor', 'dist_world', 'init_distributed', 'plot_history', 'train_lm']
+           'block_causal_mask', 'BlockDenoiser', 'block_diffusion_loss', 'block_heldout_bound', 'VisualTokenLM',
+           'lr_factor', 'dist_world', 'init_distributed', 'plot_history', 'train_lm', 'HeldOutScore',
+           'train_flops_per_step', 'data_limited_study', 'data_limited_summary', 'plot_data_limited']
 
 # %% ../nbs/09_lm.ipynb
-MODELS, TOKENIZERS, PATTERNS = ('diffusion', 'ar'), ('word', 'bpe'), ('none', 'arbitrary', 'grounded')
+MODELS, TOKENIZERS, PATTERNS = ('diffusion', 'ar', 'block'), ('word', 'bpe'), ('none', 'arbitrary', 'grounded')
 
 @dataclass(frozen=True)
 class LMConfig(Config):
     """Everything that defines a language model and its training run. `None` means the default of the
-    kind, as lesson 08 found it: diffusion lr 3e-3, no dropout, no weight decay; AR lr 1e-3, dropout 0.1,
-    weight decay 0.1."""
-    model: str = 'diffusion'          # 'diffusion' (masked diffusion) or 'ar' (the autoregressive baseline)
+    kind, as lesson 08 found it: diffusion (and block diffusion) lr 3e-3, no dropout, no weight decay; AR lr 1e-3,
+    dropout 0.1, weight decay 0.1."""
+    model: str = 'diffusion'          # 'diffusion' (masked diffusion), 'ar' (the autoregressive baseline) or 'block' (block diffusion)
     tokenizer: str = 'word'           # 'word' (vtd.data's words) or 'bpe' (byte-level BPE trained on the corpus)
     vocab_size: int = 4000            # the most frequent words (or BPE tokens) kept; other words are <unk>
     seq_len: int = 64                 # words (tokens) per training sequence; also the context
+    block_size: int = 4               # block diffusion's tokens per block (model 'block'; divides seq_len): 1 is AR, seq_len masked diffusion
     patterns: str = 'none'            # 'none' (token embeddings), 'arbitrary' or 'grounded' 5x5 patterns (07)
     n_layer: int = 4                  # transformer blocks
     n_head: int = 4                   # attention heads (divides n_embd)
@@ -59,8 +64,13 @@ class LMConfig(Config):
     def __post_init__(self):
         for name, allowed in (('model', MODELS), ('tokenizer', TOKENIZERS), ('patterns', PATTERNS)):
             if getattr(self, name) not in allowed: raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.model == 'ar' and self.patterns != 'none':
-            raise ValueError("patterns apply to the diffusion denoiser; the autoregressive baseline reads token embeddings (patterns='none')")
+        if self.model in ('ar', 'block') and self.patterns != 'none':
+            raise ValueError(f"patterns apply to the diffusion denoiser; the {'autoregressive baseline' if self.model == 'ar' else 'block diffusion model'} "
+                             "reads token embeddings (patterns='none')")
+        if not (isinstance(self.block_size, int) and 1 <= self.block_size): raise ValueError(f"block_size must be a positive number of tokens, got {self.block_size!r}")
+        if self.model == 'block' and self.seq_len % self.block_size:
+            ok = [k for k in range(1, self.seq_len + 1) if self.seq_len % k == 0]
+            raise ValueError(f"block_size {self.block_size} does not divide seq_len {self.seq_len}: a sequence must be whole blocks (choose one of {ok})")
         if self.tokenizer == 'bpe' and self.vocab_size < 257:
             raise ValueError(f"a byte-level BPE needs vocab_size > 256 (its 256 byte tokens), got {self.vocab_size}")
         if self.vocab_size < 2 or self.seq_len < 2 or self.batch_size < 1: raise ValueError("vocab_size and seq_len must be >= 2, batch_size >= 1")
@@ -195,12 +205,111 @@ def make_pattern_table(kind: str, token_strings: list[str], seed: int = 0, verbo
     return table
 
 # %% ../nbs/09_lm.ipynb
+def block_causal_mask(seq_len: int, block: int, device=None, noised: bool = True) -> torch.Tensor:
+    """BD3-LM's attention mask (bool, True: may attend) over `[noised sequence ; clean sequence]`, `[2L, 2L]`: a noised
+    block sees itself (both ways) and the clean blocks before it; a clean block sees the clean blocks up to itself.
+    `noised=False`: the clean part alone `[L, L]` (the key/value cache of finished blocks is built with it)."""
+    b = torch.arange(seq_len, device=device) // block                  # each position's block
+    clean = b[None, :] <= b[:, None]                                   # [query, key]
+    if not noised: return clean
+    top = torch.cat([b[None, :] == b[:, None], b[None, :] < b[:, None]], 1)           # noised queries: own block ; earlier clean
+    bottom = torch.cat([torch.zeros_like(clean), clean], 1)                             # clean queries never see noise
+    return torch.cat([top, bottom], 0)
+
+class BlockDenoiser(nn.Module):
+    """Block diffusion (BD3-LM, Arriola et al. 2025): masked diffusion inside blocks of `block` tokens, autoregressive
+    across blocks. One bidirectional transformer reads `[x_t ; x_0]` (`2L` tokens, both halves at positions 0..L-1)
+    under `block_causal_mask`, so in one pass every noised block is denoised from its own noised tokens and the clean
+    blocks before it. At sampling time the clean blocks are a key/value cache (`Transformer.new_cache(blockwise=True)`).
+    Id `vocab_size` is [MASK]."""
+    process_kind = 'absorbing'
+    def __init__(self, vocab_size: int, seq_len: int, block: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
+                 dropout: float = 0.0, rope: bool = True):
+        super().__init__()
+        if not (isinstance(block, int) and 1 <= block <= seq_len and seq_len % block == 0):
+            raise ValueError(f"block must be a whole number of tokens dividing seq_len={seq_len} (1 .. {seq_len}), got {block!r}")
+        self.vocab_size, self.block = vocab_size, block
+        self.net = Transformer(TransformerConfig(vocab_size=vocab_size + 1, block_size=seq_len, n_layer=n_layer, n_head=n_head,
+                                                 n_embd=n_embd, dropout=dropout, causal=False, n_out=vocab_size, rope=rope))
+    @property
+    def block_size(self): return self.net.cfg.block_size
+
+    def logits(self, x_t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        "Logits `[B, L, V]` of x_0 at every noised position, from `x_t` and the clean `x0` of the blocks before each."
+        if x_t.shape != x0.shape or x0.ndim != 2: raise ValueError(f"x_t and x0 must both be [batch, length], got {tuple(x_t.shape)}, {tuple(x0.shape)}")
+        L = x0.shape[1]
+        if L % self.block: raise ValueError(f"a sequence of {L} tokens is not a whole number of blocks of {self.block}")
+        pos = torch.arange(L, device=x0.device)
+        out = self.net(torch.cat([x_t, x0], 1), attn_mask=block_causal_mask(L, self.block, x0.device), positions=torch.cat([pos, pos]))
+        return out[:, :L].float()
+
+    def x0_log_prob(self, x_t, x0) -> torch.Tensor:
+        return F.log_softmax(self.logits(x_t, x0), -1).gather(-1, x0[..., None])[..., 0]
+
+def block_diffusion_loss(denoiser: BlockDenoiser, process: AbsorbingProcess, x0: torch.Tensor, t=None, generator=None,
+                         reduction: str = 'mean', weighting: str = 'elbo', shard: tuple[int, int] | None = None) -> torch.Tensor:
+    """Block diffusion's bound in nats per token: one noise level per block (`t` `[B, L / block]`, drawn stratified
+    if None), each block masked at its own rate, the masked cross-entropy weighted by -α'(t)/(1-α(t)) of its block,
+    summed over blocks and divided by L. `weighting='masked_mean'` is 08's training surrogate (the masked
+    cross-entropy over the batch's masked count); `shard=(rank, world)` as in `masked_diffusion_loss` (DDP)."""
+    if weighting not in ('elbo', 'masked_mean'): raise ValueError(f"weighting must be 'elbo' or 'masked_mean', got {weighting!r}")
+    if weighting == 'masked_mean' and reduction != 'mean': raise ValueError("weighting='masked_mean' is a batch-level training loss: use reduction='mean'")
+    if shard is not None and weighting != 'masked_mean': raise ValueError("shard=(rank, world) is for the masked-mean training loss")
+    process.check_tokens(x0)
+    B, L = x0.shape
+    K = denoiser.block
+    if L % K: raise ValueError(f"a sequence of {L} tokens is not a whole number of blocks of {K}")
+    nb = L // K
+    t = stratified_times(B * nb, generator).view(B, nb) if t is None else check_time(t).expand(B, nb)
+    t_tok = t.repeat_interleave(K, 1)                                       # [B, L]: each token at its block's level
+    x_t = process.q_sample(x0, t_tok, generator)
+    masked = x_t == process.mask_id
+    rows = slice(None) if shard is None else slice(shard[0], None, shard[1])
+    ce = -denoiser.x0_log_prob(x_t[rows], x0[rows]) * masked[rows]         # [b, L]
+    if weighting == 'masked_mean':
+        w = -process.schedule.dalpha(t_tok[rows]).to(ce)
+        return (ce * w).sum() * (1 if shard is None else shard[1]) / masked.sum().clamp_min(1)
+    per_token = (ce * process.schedule.weight(t_tok).to(ce)).sum(1) / L
+    return per_token.mean() if reduction == 'mean' else per_token
+
+@torch.no_grad()
+def block_heldout_bound(denoiser: BlockDenoiser, process, data: torch.Tensor, n_t: int = 8, batch_size: int = 64, seed: int = 0) -> dict:
+    """`heldout_bound` for block diffusion, in bits per token: each block of each sequence draws its own `n_t` noise
+    levels, stratified in antithetic pairs, so the standard error over sequences includes the variance in t."""
+    if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
+    g = torch.Generator().manual_seed(seed)
+    dev = module_device(denoiser)
+    was = denoiser.training; denoiser.eval()
+    per_seq, half = [], n_t // 2
+    for b in range(0, len(data), batch_size):
+        x0 = data[b:b + batch_size].to(dev); B, nb = len(x0), x0.shape[1] // denoiser.block
+        u = (torch.arange(half)[:, None, None] + torch.rand(half, B, nb, generator=g)) / half
+        acc = sum(block_diffusion_loss(denoiser, process, x0, t=uu.clamp(1e-6, 1.0), generator=g, reduction='none').double()
+                  for uu in torch.cat([u, 1 - u]))
+        per_seq.append(acc / n_t)
+    denoiser.train(was)
+    v = torch.cat(per_seq).cpu().double() / math.log(2)
+    return dict(bits_per_token=v.mean().item(), stderr=(v.std() / math.sqrt(len(v))).item(), n_t=n_t, T=None, n_seqs=len(v))
+
+class _CachedBlock(nn.Module):
+    """What 08's samplers call a denoiser, for one block of block diffusion: the block's tokens read beside the key/value
+    cache of the finished blocks (which they do not join), at the positions after them."""
+    process_kind = 'absorbing'
+    def __init__(self, denoiser: BlockDenoiser, cache: list, pos: int):
+        super().__init__()
+        self.net, self.vocab_size, self.block_size, self.cache, self.pos = denoiser.net, denoiser.vocab_size, denoiser.block, cache, pos
+    def x0_probs(self, x_t, t, class_label=None) -> torch.Tensor:
+        logits = self.net(x_t, cache=self.cache, pos_offset=self.pos, extend_cache=False)
+        return F.softmax(logits.to(torch.float32 if x_t.device.type == 'mps' else torch.float64), -1)
+
+
+# %% ../nbs/09_lm.ipynb
 LM_KIND = 'vtd-lm'
 
 class VisualTokenLM(nn.Module):
     """A word-level language model behind one interface: a tokenizer and its vocabulary, the word
     representation (token embeddings or 5x5 patterns), and either a masked-diffusion denoiser or the
-    autoregressive baseline (`cfg.model`), both the repository's transformer. `counts` are the training
+    autoregressive baseline or a block-diffusion denoiser (`cfg.model`), all the repository's transformer. `counts` are the training
     token counts (the unigram floor, and the pattern head's initial word bias)."""
     def __init__(self, cfg: LMConfig, tokenizer, counts: torch.Tensor, pattern_table: torch.Tensor | None = None):
         super().__init__()
@@ -213,6 +322,7 @@ class VisualTokenLM(nn.Module):
         self.process = AbsorbingProcess(V)
         kw = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, rope=True)
         if cfg.model == 'ar': self.net = make_ar_model(V, cfg.seq_len, **kw)
+        elif cfg.model == 'block': self.net = BlockDenoiser(V, cfg.seq_len, cfg.block_size, **kw)
         elif pattern_table is None: self.net = TokenDenoiser(V, cfg.seq_len, **kw)
         else:
             self.net = PatternDenoiser(pattern_table, 3, cfg.seq_len, word_log_prior=self.unigram().log().float(),
@@ -253,7 +363,7 @@ class _Objective(nn.Module):
     """The training loss of one *global* batch, as a module so that DDP can wrap it. Every rank draws the same
     noise for the whole batch (a generator seeded by the step) and keeps its own rows, so N ranks compute
     exactly the shares of the loss one process computes. Diffusion: 08's masked-mean loss, the same function
-    (`masked_diffusion_loss`, sharded); AR: the exact cross-entropy."""
+    (`masked_diffusion_loss`, sharded); block diffusion: its masked-mean loss, sharded the same way; AR: the exact cross-entropy."""
     def __init__(self, lm):
         super().__init__()
         self.net = lm.net
@@ -262,6 +372,9 @@ class _Objective(nn.Module):
     def forward(self, x0: torch.Tensor, noise_seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
         lm = self.lm
         if lm.cfg.model == 'ar': return ar_loss(self.net, x0[rank::world])
+        if lm.cfg.model == 'block':
+            return block_diffusion_loss(self.net, lm.process, x0, generator=torch.Generator().manual_seed(noise_seed),
+                                        weighting='masked_mean', shard=(rank, world))
         return masked_diffusion_loss(self.net, lm.process, x0, generator=torch.Generator().manual_seed(noise_seed),
                                      weighting='masked_mean', shard=(rank, world),
                                      **({'score': 'both'} if isinstance(self.net, PatternDenoiser) else {}))  # patterns: words and cells (08)
@@ -379,7 +492,7 @@ class _RunFolder:
 
 def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int | None = None, minutes: float | None = None,
              out=None, resume: dict | None = None, show_progress: bool = True, samples_per_epoch: int = 0,
-             sample_steps: int = 32, keep_best: bool = True, stop_at_step: int | None = None, log=print) -> dict:
+             sample_steps: int = 32, keep_best: bool = True, stop_at_step: int | None = None, log=print, cbs=()) -> dict:
     """Train `lm` on `train_ids`, scoring `valid_ids` after each epoch (or every `cfg.eval_every` steps); returns the history.
 
     The budget is `epochs` or `minutes` (default: the config's). Each step's noise, dropout and each epoch's order
@@ -387,7 +500,8 @@ def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int |
     checkpoint) ends with the weights of one that was not. With `out` (a folder), rank 0 writes `best.pt` (best
     held-out bits), `last.pt` (resumable), `history.json`, `loss.png` and `samples.txt` at each score. Ctrl-C,
     SIGTERM (or `stop_at_step`) stop after the current step and leave `last.pt` resumable. Under `torchrun` each
-    rank trains on its rows of every global batch and DDP averages the gradients. The loop is `vtd.core.Learner`."""
+    rank trains on its rows of every global batch and DDP averages the gradients. The loop is `vtd.core.Learner`; `cbs` are
+    more of its callbacks (e.g. a second held-out score)."""
     cfg = lm.cfg
     rank, world = dist_world()
     main, dev, L = rank == 0, lm.device, cfg.seq_len
@@ -415,16 +529,16 @@ def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int |
     def loss(objective, x0):
         return objective(x0, cfg.seed * 1_000_003 + learn.step + 1, rank, world)   # the noise: a seed of the step
 
-    cbs = [ProgressCB('train', postfix=record.postfix, disable=not (show_progress and main)), record,
+    cbs_ = [ProgressCB('train', postfix=record.postfix, disable=not (show_progress and main)), record,
            LRScheduleCB(cfg.lr, cfg.warmup, **({'seconds': minutes * 60} if minutes is not None else {'total_steps': epochs * per_epoch})),
            InterruptCB(at_step=stop_at_step)]
-    if cfg.grad_clip: cbs.append(GradClipCB(cfg.grad_clip))
-    if minutes is not None: cbs.append(TimeBudgetCB(minutes * 60))
-    if world > 1: cbs.append(DDPCB(dev))   # every parameter that trains gets a gradient (tests/test_lm.py), so no unused-parameter search
+    if cfg.grad_clip: cbs_.append(GradClipCB(cfg.grad_clip))
+    if minutes is not None: cbs_.append(TimeBudgetCB(minutes * 60))
+    if world > 1: cbs_.append(DDPCB(dev))   # every parameter that trains gets a gradient (tests/test_lm.py), so no unused-parameter search
     if out is not None and main:
         folder = _RunFolder(lm, out, record, epochs, minutes)
-        cbs.append(CheckpointCB(folder, every=getattr(cfg, 'eval_every', None), each_epoch=not getattr(cfg, 'eval_every', None)))
-    learn = Learner(_Objective(lm), loss, epoch_batches, opt=opt, cbs=cbs, desc='train')
+        cbs_.append(CheckpointCB(folder, every=getattr(cfg, 'eval_every', None), each_epoch=not getattr(cfg, 'eval_every', None)))
+    learn = Learner(_Objective(lm), loss, epoch_batches, opt=opt, cbs=[*cbs_, *cbs], desc='train')
     if resume is not None:
         saved = len(resume['optimizer']['param_groups'])
         if saved != len(opt.param_groups):
@@ -445,22 +559,30 @@ def train_lm(lm, train_ids: torch.Tensor, valid_ids: torch.Tensor, epochs: int |
 @patch
 @torch.no_grad()
 def heldout_bits(self: VisualTokenLM, seqs: torch.Tensor, n_t: int = 8, batch_size: int = 64, seed: int = 0) -> dict:
-    "Bits per token of sequences `[N, L]` with the standard error over sequences: the diffusion bound (08) or the exact AR likelihood."
+    "Bits per token of sequences `[N, L]` with the standard error over sequences: the diffusion bound (08), block diffusion's, or the exact AR likelihood."
     seqs = seqs.to(self.device)
     if self.cfg.model == 'ar':
         r = ar_heldout_bits(self.net, seqs, batch_size=batch_size); r.pop('per_position')
         return r
+    if self.cfg.model == 'block':
+        if seqs.shape[1] % self.cfg.block_size: seqs = seqs[:, :seqs.shape[1] // self.cfg.block_size * self.cfg.block_size]
+        if seqs.shape[1] == 0: raise DataFileError(f"the text is shorter than one block of {self.cfg.block_size} tokens")
+        return block_heldout_bound(self.net, self.process, seqs, n_t=n_t, batch_size=batch_size, seed=seed)
     return heldout_bound(self.net, self.process, seqs, n_t=n_t, batch_size=batch_size, seed=seed)
 
 @patch
 @torch.no_grad()
 def score(self: VisualTokenLM, text: str, n_t: int = 8, batch_size: int = 64, seed: int = 0) -> dict:
     """Bits per token and per word of `text` (± standard error over its sequences), beside the unigram and
-    uniform floors. Diffusion: an upper bound (the ELBO); AR: exact. Words are `vtd.data.tokenize_words`'s; the
+    uniform floors. Diffusion and block diffusion: an upper bound (the ELBO); AR: exact. Words are `vtd.data.tokenize_words`'s; the
     text is cut into sequences of `seq_len` tokens (a tail shorter than one is dropped if a full one exists)."""
     ids = self.tokenizer.encode(text)
     if len(ids) < 2: raise DataFileError(f"the text has {len(ids)} token(s); scoring needs at least 2")
-    seqs = as_sequences(ids, min(self.cfg.seq_len, len(ids)))
+    n = min(self.cfg.seq_len, len(ids))
+    if self.cfg.model == 'block':                                 # whole blocks only
+        n = n // self.cfg.block_size * self.cfg.block_size
+        if n == 0: raise DataFileError(f"the text has {len(ids)} token(s), fewer than one block of {self.cfg.block_size}")
+    seqs = as_sequences(ids, n)
     r = self.heldout_bits(seqs, n_t=n_t, batch_size=batch_size, seed=seed)
     uni = -self.unigram().cpu().log2()[seqs].mean(1)
     wpt = len(self.tokenizer.words(text)) / len(ids)             # words per token (1 for the word tokenizer)
@@ -469,7 +591,8 @@ def score(self: VisualTokenLM, text: str, n_t: int = 8, batch_size: int = 64, se
                 bits_per_word_stderr=r['stderr'] / wpt, unigram_bits_per_token=uni.mean().item(), unigram_stderr=se(uni),
                 uniform_bits_per_token=math.log2(self.vocab_size), words_per_token=wpt, n_sequences=len(seqs),
                 n_tokens=seqs.numel(), unk_rate=(ids == self.tokenizer.unk_id).float().mean().item() if self.tokenizer.unk_id is not None else 0.0,
-                measure='exact likelihood' if self.cfg.model == 'ar' else 'diffusion bound (ELBO, an upper bound)')
+                measure={'ar': 'exact likelihood', 'block': 'block diffusion bound (ELBO, an upper bound)'}.get(
+                    self.cfg.model, 'diffusion bound (ELBO, an upper bound)'))
 
 # %% ../nbs/09_lm.ipynb
 from .diffusion import categorical
@@ -499,7 +622,11 @@ def sample(self: VisualTokenLM, prompt: str | None = None, length: int | None = 
     a time with its key/value cache and re-primes the cache from them every `block` tokens (block 1: every token sees
     a full context, as nanoGPT's sliding window; `steps` and `sampler` do not apply). `temperature` 0 is greedy (the
     most probable token at each draw, or each reveal); `top_k` draws among the k likeliest. Returns tokens, texts, the
-    prompt length and (diffusion, `record`) each step's state of the whole text."""
+    prompt length and (diffusion, `record`) each step's state of the whole text.
+
+    Block diffusion writes its own blocks of `cfg.block_size` tokens one after another, each denoised with `steps` steps
+    of the sampler (maskgit: at most one step per token) beside the key/value cache of the finished ones; past the
+    context the cache is rebuilt from the last `seq_len - block` tokens (rounded down to whole blocks)."""
     cfg, S, n = self.cfg, self.cfg.seq_len, num_samples
     L = S if length is None else length
     if sampler not in ('ancestral', 'maskgit'): raise ValueError(f"sampler must be 'ancestral' or 'maskgit', got {sampler!r}")
@@ -510,9 +637,10 @@ def sample(self: VisualTokenLM, prompt: str | None = None, length: int | None = 
     if not temperature >= 0: raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
     if top_k is not None and not (isinstance(top_k, int) and top_k >= 1): raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if not (isinstance(num_samples, int) and num_samples >= 1): raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if x_init is not None and (cfg.model == 'ar' or L > S):
-        raise ValueError("x_init (infilling) needs the diffusion model and a length within the context" if cfg.model != 'ar' else
-                         "an autoregressive model cannot infill: it predicts each token from the tokens on its left only")
+    if x_init is not None and (cfg.model != 'diffusion' or L > S):
+        raise ValueError("x_init (infilling) needs the diffusion model and a length within the context" if cfg.model == 'diffusion' else
+                         "an autoregressive model cannot infill: it predicts each token from the tokens on its left only" if cfg.model == 'ar' else
+                         "a block diffusion model cannot infill: it writes each block from the blocks on its left only")
     p = self.encode_prompt(prompt)
     if len(p) > L:
         raise ValueError(f"the prompt has {len(p)} tokens, more than the {L} to generate; shorten the prompt or raise --length")
@@ -524,6 +652,8 @@ def sample(self: VisualTokenLM, prompt: str | None = None, length: int | None = 
                                keep=S - block, sink=1)[:, 1:]
         return dict(tokens=tokens.cpu(), prompt_len=len(p), history=[], texts=[self.tokenizer.decode(t) for t in tokens.cpu()])
     fn = ancestral_sample if sampler == 'ancestral' else maskgit_sample
+    if cfg.model == 'block':
+        return self._sample_blocks(p, L, steps, fn, temperature, top_k, g, n, record, S - block)
     x, conf, history = p.expand(n, -1).to(dev), torch.ones(n, len(p), device=dev), []
     if x_init is not None: x = x_init[:, :0].to(dev)
     while x.shape[1] < L:
@@ -535,6 +665,39 @@ def sample(self: VisualTokenLM, prompt: str | None = None, length: int | None = 
         history += [dict(step=len(history) + j + 1, tokens=torch.cat([x, h['tokens'][:, c:]], 1),   # the whole text so far
                          confidence=torch.cat([conf, h['confidence'][:, c:].to(conf)], 1)) for j, h in enumerate(r['history'])]
         x, conf = torch.cat([x, r['tokens'][:, c:]], 1), torch.cat([conf, r['confidence'][:, c:].to(conf)], 1)
+    tokens = x.cpu()
+    return dict(tokens=tokens, prompt_len=len(p), history=history, texts=[self.tokenizer.decode(t) for t in tokens])
+
+@patch
+@torch.no_grad()
+def _sample_blocks(self: VisualTokenLM, p, L, steps, fn, temperature, top_k, g, n, record, keep) -> dict:
+    "Block diffusion's sampling loop (see `sample`): `p` the prompt's ids, `keep` the tokens kept when the context is full."
+    den, K, S, dev = self.net, self.cfg.block_size, self.cfg.seq_len, self.device
+    keep = max(0, keep) // K * K                                # whole blocks, so blocks start where training put them
+    x = p.expand(n, -1).to(dev)
+    conf, history = torch.ones(n, len(p), device=dev), []
+    done = len(p) // K * K                                      # the prompt's whole blocks go to the cache as they are
+    cache, pos = None, 0                                        # pos: the positions the cache holds
+    was = den.training; den.eval()
+    while done < L:
+        if cache is None or pos + K > S:                        # (re)build the cache from the last whole blocks, in one pass
+            ctx = x[:, max(0, done - (S - K if cache is None else keep)):done]
+            cache, pos = den.net.new_cache(blockwise=True), ctx.shape[1]
+            if pos: den.net(ctx, cache=cache, attn_mask=block_causal_mask(pos, K, dev, noised=False))
+        size = min(K, L - done)                                 # the last block may be shorter (any length)
+        given = x[:, done:done + size]                          # the prompt's tokens in this block, if any
+        window = torch.cat([given, torch.full((n, size - given.shape[1]), self.process.mask_id, device=dev)], 1)
+        if given.shape[1] < size:
+            r = fn(_CachedBlock(den, cache, pos), self.process, n, size, min(steps, size) if fn is maskgit_sample else steps, g,
+                   temperature, record=record, top_k=top_k, x_init=window)
+            new, c = r['tokens'], r['confidence'][:, given.shape[1]:].to(conf)
+            history += [dict(step=len(history) + j + 1, tokens=torch.cat([x[:, :done], h['tokens']], 1),   # the whole text so far
+                             confidence=torch.cat([conf[:, :done], h['confidence'].to(conf)], 1)) for j, h in enumerate(r['history'])]
+        else: new, c = given, conf[:, :0]
+        x, conf = torch.cat([x[:, :done], new], 1), torch.cat([conf, c], 1)
+        done += size
+        if done < L and size == K: den.net(new, cache=cache, pos_offset=pos); pos += K   # the finished block joins the cache
+    den.train(was)
     tokens = x.cpu()
     return dict(tokens=tokens, prompt_len=len(p), history=history, texts=[self.tokenizer.decode(t) for t in tokens])
 
@@ -552,6 +715,9 @@ def infill(self: VisualTokenLM, text: str, steps: int | None = None, sampler: st
            seed: int = 0, num_samples: int = 1, blank: str = BLANK) -> dict:
     """Fill each `blank` ('___', one token) of `text`, keeping every other token: masked diffusion conditions on
     both sides. An autoregressive model cannot (it reads only the left), and says so."""
+    if self.cfg.model == 'block':
+        raise ValueError("a block diffusion model cannot infill: it writes each block from the blocks on its left only, "
+                         "so a blank with words after it is outside what it models (train --model diffusion)")
     if self.cfg.model == 'ar':
         raise ValueError("an autoregressive model cannot infill: it predicts each token from the tokens on its left only, "
                          "so a blank with words after it is outside what it models (train --model diffusion)")
@@ -569,6 +735,92 @@ def infill(self: VisualTokenLM, text: str, steps: int | None = None, sampler: st
     r['holes'] = holes
     r['filled'] = [self.tokenizer.pieces(t[holes]) for t in r['tokens']]
     return r
+
+# %% ../nbs/09_lm.ipynb
+from .diffusion import transformer_flops   # the autoregressive baseline's module may move; this is its FLOP count
+
+class HeldOutScore(Callback):
+    "A second held-out score after every epoch (rank 0): `bits` and `stderr` per epoch of `seqs`, e.g. a test split beside the validation one."
+    order = 20                                   # after the run's own score
+    def __init__(self, lm, seqs, n_t: int = 2): self.lm, self.seqs, self.n_t, self.bits, self.stderr = lm, seqs, n_t, [], []
+    def after_epoch(self, learn):
+        r = self.lm.heldout_bits(self.seqs, n_t=self.n_t)
+        self.bits.append(r['bits_per_token']); self.stderr.append(r['stderr'])
+
+def train_flops_per_step(lm) -> float:
+    """Training FLOPs of one step (forward and backward, 3x the forward; `transformer_flops`): B sequences of L tokens,
+    or of 2L for block diffusion, which reads the noised and the clean sequence side by side."""
+    c = lm.cfg
+    net = lm.net if isinstance(lm.net, Transformer) else lm.net.net
+    n = 2 if c.model == 'block' else 1
+    return 3 * transformer_flops(net.cfg, c.batch_size * c.seq_len * n, c.seq_len * n)
+
+def data_limited_study(text: str, cfg: LMConfig, models=('ar', 'diffusion', 'block'), epochs: int = 40,
+                       grid=((0.0, 0.0), (0.1, 0.1), (0.3, 0.1)), log=print) -> dict:
+    """Many epochs over a small text, each model with each (dropout, weight decay) of `grid`: the held-out end of the
+    corpus is cut in two, a validation half that chooses each model's regularisation (its best epoch's bound) and a
+    test half scored after every epoch. Returns every run's curves (validation and test bits per token, epochs,
+    training FLOPs) and, per model, the run chosen on validation."""
+    runs = []
+    for model in models:
+        for dropout, wd in grid:
+            c = cfg.replace(model=model, dropout=dropout, weight_decay=wd, epochs=epochs, eval_every=None)
+            lm = VisualTokenLM.build(text, c)
+            train_ids, held = lm.split(text)
+            valid_ids, test_ids = held[:len(held) // 2], held[len(held) // 2:]
+            test_seqs = as_sequences(test_ids, c.seq_len)[:c.n_valid].to(lm.device)
+            score = HeldOutScore(lm, test_seqs)
+            t0 = time.perf_counter()
+            h = train_lm(lm, train_ids, valid_ids, epochs=epochs, show_progress=False, keep_best=False, log=lambda *a: None, cbs=[score])
+            per_step = train_flops_per_step(lm)
+            runs.append(dict(model=model, dropout=dropout, weight_decay=wd, epoch=h['epoch'], valid=h['valid_bits'], test=score.bits,
+                             test_stderr=score.stderr, flops=[s * per_step for s in h['valid_step']], seconds=time.perf_counter() - t0))
+            best = min(range(len(h['valid_bits'])), key=h['valid_bits'].__getitem__)
+            log(f"{model:9s} dropout {dropout:.2f} wd {wd:.2f}: best validation {h['valid_bits'][best]:.3f} at epoch {best + 1}, "
+                f"test there {score.bits[best]:.3f}, test at the end {score.bits[-1]:.3f} ({runs[-1]['seconds']:.0f} s)")
+    chosen = {}
+    for model in models:
+        mine = [i for i, r in enumerate(runs) if r['model'] == model]
+        chosen[model] = min(mine, key=lambda i: min(runs[i]['valid']))
+    uni = -lm.unigram().cpu().log2()[test_seqs.cpu()].mean().item()
+    return dict(runs=runs, chosen=chosen, unigram_test=uni, epochs=epochs, grid=[list(g) for g in grid], config=cfg.asdict(),
+                n_train_tokens=len(train_ids), n_test_tokens=test_seqs.numel())
+
+def data_limited_summary(study: dict) -> dict:
+    """Per model (its chosen run): the best test bits (and its epoch, chosen on validation), the last epoch's, and
+    where the diffusion models' test curves go below the AR model's best and its curve."""
+    out = {}
+    for model, i in study['chosen'].items():
+        r = study['runs'][i]
+        best = min(range(len(r['valid'])), key=r['valid'].__getitem__)
+        out[model] = dict(dropout=r['dropout'], weight_decay=r['weight_decay'], best_epoch=best + 1, test_at_best=r['test'][best],
+                          test_last=r['test'][-1], test_min=min(r['test']))
+    if 'ar' in out:
+        ar = study['runs'][study['chosen']['ar']]['test']
+        for model in out:
+            if model == 'ar': continue
+            t = study['runs'][study['chosen'][model]]['test']
+            out[model]['below_ar_curve_at_epochs'] = [e + 1 for e in range(min(len(t), len(ar))) if t[e] < ar[e]]
+            out[model]['below_ar_best_at_epochs'] = [e + 1 for e in range(len(t)) if t[e] < out['ar']['test_at_best']]
+            out[model]['gap_to_ar_at_best'] = out[model]['test_at_best'] - out['ar']['test_at_best']
+    return out
+
+def plot_data_limited(study: dict, title: str = ''):
+    "Test bits per word of each model's chosen run against epochs and against training FLOPs (a matplotlib Figure)."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 3.4)); axes = fig.subplots(1, 2)
+    names = {'ar': 'autoregressive (exact)', 'diffusion': 'masked diffusion (bound)', 'block': 'block diffusion (bound)'}
+    for model, i in study['chosen'].items():
+        r = study['runs'][i]
+        label = f"{names.get(model, model)}, dropout {r['dropout']:g}, wd {r['weight_decay']:g}"
+        for ax, x in zip(axes, (r['epoch'], r['flops'])): ax.plot(x, r['test'], '-', lw=1.5, label=label)
+    for ax, xl in zip(axes, ('epoch', 'training FLOPs')):
+        ax.axhline(study['unigram_test'], color='gray', ls=':', lw=1, label='unigram')
+        ax.set_xlabel(xl); ax.set_ylabel('held-out (test) bits/word'); ax.grid(alpha=0.3)
+    axes[1].set_xscale('log'); axes[0].legend(fontsize=7)
+    if title: fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/09_lm.ipynb
 @patch

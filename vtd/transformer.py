@@ -54,26 +54,32 @@ def rotate(x: torch.Tensor, pos: torch.Tensor, base: float = 10_000.0) -> torch.
 
 # %% ../nbs/05a_transformer.ipynb
 class SelfAttention(nn.Module):
-    "Multi-head self-attention, causal or not, with an optional key/value cache for incremental decoding."
+    """Multi-head self-attention, causal or not, with an optional key/value cache for incremental decoding. `attn_mask`
+    (bool `[T, past + T]`, True: may attend) replaces the causal rule (block diffusion's block-causal mask); `positions`
+    (`[T]`) replaces `pos_offset`'s consecutive rotary positions; `extend_cache=False` reads the cache without adding
+    this call's keys and values (a block being denoised beside the finished ones)."""
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.n_head, self.causal, self.dropout, self.rope = cfg.n_head, cfg.causal, cfg.dropout, cfg.rope
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x, cache: dict | None = None, pos_offset: int = 0):
+    def forward(self, x, cache: dict | None = None, pos_offset: int = 0, attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, extend_cache: bool = True):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.rope:  # rotate before caching: cached keys keep their own positions
-            pos = torch.arange(pos_offset, pos_offset + T, device=x.device)
+            pos = torch.arange(pos_offset, pos_offset + T, device=x.device) if positions is None else positions
             q, k = rotate(q, pos), rotate(k, pos)
         past = 0
         if cache is not None:  # append this step's keys/values to those of earlier steps
             if 'k' in cache: past = cache['k'].shape[2]; k = torch.cat([cache['k'], k], 2); v = torch.cat([cache['v'], v], 2)
-            cache['k'], cache['v'] = k, v
-        mask, is_causal = None, False
-        if self.causal and T > 1:
+            if extend_cache: cache['k'], cache['v'] = k, v
+        mask, is_causal = attn_mask, False
+        if attn_mask is not None:
+            if tuple(attn_mask.shape) != (T, past + T): raise ValueError(f"attn_mask must be [{T}, {past + T}], got {tuple(attn_mask.shape)}")
+        elif self.causal and T > 1:
             if past == 0: is_causal = True
             else: mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
@@ -89,8 +95,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
                                  nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
-    def forward(self, x, cache=None, pos_offset: int = 0):
-        x = x + self.attn(self.ln1(x), cache, pos_offset)
+    def forward(self, x, cache=None, pos_offset: int = 0, **attn_kw):
+        x = x + self.attn(self.ln1(x), cache, pos_offset, **attn_kw)   # attn_kw: attn_mask, positions, extend_cache
         return x + self.mlp(self.ln2(x))
 
 # %% ../nbs/05a_transformer.ipynb
@@ -139,20 +145,28 @@ class Transformer(nn.Module):
 # %% ../nbs/05a_transformer.ipynb
 @patch
 def forward(self: Transformer, idx: torch.Tensor, class_label: torch.Tensor | None = None, t: torch.Tensor | None = None,
-            cache: list | None = None, pos_offset: int = 0) -> torch.Tensor:
+            cache: list | None = None, pos_offset: int = 0, attn_mask: torch.Tensor | None = None,
+            positions: torch.Tensor | None = None, extend_cache: bool = True) -> torch.Tensor:
     """Logits `[B, T, n_out]` for token ids `idx` `[B, T]`. `cache` (a list of dicts, one per block,
-    from `new_cache`) makes decoding incremental; `pos_offset` is then the position of `idx[:, 0]`."""
+    from `new_cache`) makes decoding incremental; `pos_offset` is then the position of `idx[:, 0]`.
+    Block diffusion's extras (lesson 09): `attn_mask` (bool `[T, cached + T]`, True: may attend) instead of the
+    causal rule, `positions` (`[T]`, each token's position) instead of consecutive ones, and `extend_cache=False`
+    to read the cache without adding to it."""
     cfg = self.cfg
     if idx.dtype != torch.long: raise TypeError(f"token ids must be torch.long, got {idx.dtype}")
     if idx.ndim != 2: raise ValueError(f"token ids must be [batch, time], got shape {tuple(idx.shape)}")
     B, T = idx.shape
-    if pos_offset + T > cfg.block_size:
+    if positions is not None:
+        if tuple(positions.shape) != (T,): raise ValueError(f"positions must be [{T}], got {tuple(positions.shape)}")
+        if not positions.is_meta and T and (positions.min() < 0 or positions.max() >= cfg.block_size):
+            raise ValueError(f"positions must lie in [0, {cfg.block_size}), the context")
+    elif pos_offset + T > cfg.block_size:
         raise ValueError(f"sequence of length {pos_offset + T} exceeds the context of {cfg.block_size}")
     if not idx.is_meta and idx.numel() and (idx.min() < 0 or idx.max() >= cfg.vocab_size):
         bad = idx[(idx < 0) | (idx >= cfg.vocab_size)].unique()[:5].tolist()
         raise IndexError(f"token ids {bad} outside the vocabulary [0, {cfg.vocab_size})")
     x = self.wte(idx)
-    if self.wpe is not None: x = x + self.wpe(torch.arange(pos_offset, pos_offset + T, device=idx.device))
+    if self.wpe is not None: x = x + self.wpe(torch.arange(pos_offset, pos_offset + T, device=idx.device) if positions is None else positions)
     if self.cls is not None:
         if class_label is None: raise ValueError("this transformer is class-conditional: pass class_label")
         class_label = torch.as_tensor(class_label, device=idx.device).expand(B)
@@ -163,15 +177,18 @@ def forward(self: Transformer, idx: torch.Tensor, class_label: torch.Tensor | No
         if t is None: raise ValueError("this transformer is time-conditional: pass t")
         x = x + self.time(timestep_embedding(torch.as_tensor(t, device=idx.device).expand(B), cfg.n_embd))[:, None]
     x = self.drop(x)
-    for i, blk in enumerate(self.blocks): x = blk(x, None if cache is None else cache[i], pos_offset)
+    attn_kw = {k: v for k, v in (('attn_mask', attn_mask), ('positions', positions)) if v is not None}
+    if not extend_cache: attn_kw['extend_cache'] = False
+    for i, blk in enumerate(self.blocks): x = blk(x, None if cache is None else cache[i], pos_offset, **attn_kw)
     x = self.ln_f(x)
     w = self.wte.weight[:cfg.n_out] if cfg.tie_weights else self.head.weight
     return F.linear(x, w)
 
 @patch
-def new_cache(self: Transformer) -> list:
-    "An empty key/value cache for incremental (causal) decoding."
-    if not self.cfg.causal: raise ValueError("a key/value cache only makes sense for a causal transformer")
+def new_cache(self: Transformer, blockwise: bool = False) -> list:
+    """An empty key/value cache for incremental (causal) decoding. `blockwise=True`: a bidirectional transformer's
+    cache of finished blocks (block diffusion, lesson 09), fed a whole block at a time, each seeing the cache and itself."""
+    if not (self.cfg.causal or blockwise): raise ValueError("a key/value cache only makes sense for a causal transformer (or blockwise=True)")
     return [dict() for _ in self.blocks]
 
 # %% ../nbs/05a_transformer.ipynb

@@ -1,117 +1,84 @@
-"""The data-limited picture of lesson 08, run long: held-out bits per word after every epoch for the
-autoregressive transformer and masked diffusion of the same size, on TinyShakespeare words.
+"""The data-limited regime, honestly: the autoregressive model, masked diffusion and block diffusion trained for many
+epochs over a small text, each with the regularisation that serves it best, through `vtd.lm`.
 
-Prabhudesai et al. 2025 ("Diffusion beats autoregressive in data-constrained settings") found that
-autoregressive models win at low compute and then overfit repeated data, while masked diffusion keeps
-improving over many epochs. This script trains both models side by side in one run with lesson 08's
-full setting (vocabulary 4,000, sequences of 64 words, 4 layers x 128 with rotary positions, batches
-of 32; the autoregressive model with dropout 0.1, weight decay 0.1 and lr 1e-3, masked diffusion
-without dropout, lr 3e-3 and the `masked_mean` training loss) for `--epochs` epochs, evaluates both
-on the same 400 held-out sequences after every epoch (the diffusion bound with `--n-t` antithetic
-times per sequence, its standard error printed), and reports where the curves cross, if they do.
-`--no-rope` and `--weighting elbo` undo two of the choices lesson 08 explains.
+Prabhudesai et al. 2025 ("Diffusion beats autoregressive in data-constrained settings") found that on data repeated
+for many epochs the AR model overfits early while masked diffusion keeps improving and can end below it; a later study
+found much of that gap closes when AR gets matched regularisation. This script runs `vtd.lm.data_limited_study`: each
+model with each (dropout, weight decay) of `--grid`, on the first `--words` words of a corpus, its held-out end cut
+into a validation half (which chooses each model's setting: its best epoch's bound) and a test half (scored after
+every epoch, the curves reported). Bits per word: the AR likelihood exactly, the diffusion models' bounds (`--n-t`
+is not used: each epoch's score draws 2 noise levels per sequence, its standard error recorded). FLOPs: 3x the
+forward's (`transformer_flops`), block diffusion reading 2L tokens per sequence.
 
-    python tests/benchmarks/data_limited.py --epochs 32        # about 32 minutes on 2 CPU cores (14 AR + 18 diffusion)
-    python tests/benchmarks/data_limited.py --epochs 2 --smoke  # a quick check that it runs
-    python tests/benchmarks/data_limited.py --epochs 32 --device cuda
+    python tests/benchmarks/data_limited.py                          # TinyShakespeare (embedded), the recorded run
+    python tests/benchmarks/data_limited.py --words 60000 --vocab-size 2000 --n-layer 2 --grid 0,0 0.1,0.1 0.3,0.1 --epochs 40
+                                                                     # a larger study (where a GPU or idle cores can be had)
+    python tests/benchmarks/data_limited.py --corpus-file kjv.txt --name kjv
+    python tests/benchmarks/data_limited.py --smoke                  # a check that it runs (a minute)
 
-The settings are lesson 08's `TextModelConfig` (`.full()`, or `.smoke()` with `--smoke`).
+The second corpus is the King James Bible from Debian's `bible-kjv-text` package (public domain), decoded with its
+`bible` program (package `bible-kjv`), developer-only (the lesson runs on the embedded TinyShakespeare):
 
-Writes `data_limited.json` and `data_limited.png` to `--out` (default `tests/benchmarks/results/`, ignored by git).
+    apt-get download bible-kjv-text bible-kjv && for f in bible-kjv*.deb; do dpkg-deb -x $f kjv; done
+    kjv/usr/bin/bible -f -p kjv/usr/lib "gen1:1-rev22:21" | sed -E 's/^[0-9]?[A-Za-z]+[0-9]+:[0-9]+ //' > kjv.txt
+
+The defaults are sized for 2 shared CPU cores (a few minutes per corpus): 8,000 words, V = 500, one layer of 64,
+20 epochs, a grid of two settings (none; dropout 0.2 with weight decay 0.1).
+
+Writes `data_limited_NAME.json` and `data_limited_NAME.png` to `--out` (default `results/`, tracked: lesson 09
+reads `results/data_limited_tinyshakespeare.json` in its full setting) and prints the summary.
 """
-import argparse, json, math, time
+import argparse, json, time
 from pathlib import Path
 
 import torch
 
-from vtd.core import batches, fit, get_device, seed_everything
-from vtd.data import load_text_corpus, tokenize_words, Vocabulary
-from vtd.diffusion import (AbsorbingProcess, TextModelConfig, TokenDenoiser, make_ar_model, ar_loss, ar_heldout_bits,
-                           masked_diffusion_loss, heldout_bound)
+from vtd.data import load_text_corpus, read_corpus
+from vtd.lm import LMConfig, data_limited_study, data_limited_summary, plot_data_limited
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('--epochs', type=int, default=32)
-    ap.add_argument('--n-t', type=int, default=8, help='antithetic t-samples per held-out sequence (even)')
-    ap.add_argument('--smoke', action='store_true', help='a small model on 25k words: checks that the script runs')
-    ap.add_argument('--no-rope', action='store_true', help='learned absolute positions instead of rotary ones (both models)')
-    ap.add_argument('--weighting', default='masked_mean', choices=['masked_mean', 'elbo'], help="masked diffusion's training loss")
-    ap.add_argument('--device', default='auto', help="'auto' (CUDA, then MPS, then the CPU), 'cpu', 'cuda' or 'mps'")
-    ap.add_argument('--out', default=str(Path(__file__).parent / 'results'))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    seed_everything(0)
-    device = get_device(args.device)
-    cfg = TextModelConfig.preset(args.smoke).replace(epochs=args.epochs, rope=not args.no_rope)
-
-    seq_len = cfg.seq_len
-    toks = tokenize_words(load_text_corpus('tinyshakespeare').text)
-    if cfg.max_words: toks = toks[:cfg.max_words]
-    n_train = int(0.9 * len(toks))
-    vocab = Vocabulary.build(toks[:n_train], max_size=cfg.vocab_size); V = len(vocab)
-    ids = vocab.encode(toks)
-    train_seqs = ids[:n_train // seq_len * seq_len].view(-1, seq_len)
-    held = ids[n_train:]; eval_seqs = held[:len(held) // seq_len * seq_len].view(-1, seq_len)[:32 if args.smoke else 400]
-    counts = torch.bincount(ids[:n_train], minlength=V).double() + 0.5
-    unigram = -(counts / counts.sum()).log2()[eval_seqs].mean().item()
-    train_seqs, eval_seqs = train_seqs.to(device), eval_seqs.to(device)   # the data goes to the device once
-    print(f"V = {V}, {len(train_seqs)} training sequences of {seq_len} words, {len(eval_seqs)} held out; "
-          f"unigram {unigram:.3f} bits/word; {args.epochs} epochs each; device {device}")
-
-    absorbing = AbsorbingProcess(V)
-    curves = {}
-
-    def run(name, model, loss_fn, eval_fn, lr, wd):
-        gen = torch.Generator().manual_seed(0)
-        total = args.epochs * (len(train_seqs) // cfg.batch_size)
-        model = model.to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-        sched = torch.optim.lr_scheduler.LambdaLR(  # lesson 08's warm-up and cosine decay to 10%
-            opt, lambda s: min(1, (s + 1) / cfg.warmup_steps) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, total) / total))))
-        evals = []
-        def valid(m):
-            r = eval_fn(m); evals.append(r); return r['bits_per_token']
-        t0 = time.perf_counter()
-        hist = fit(model, loss_fn, batches(train_seqs, batch_size=cfg.batch_size, generator=gen, drop_last=True),
-                   epochs=args.epochs, opt=opt, scheduler=sched, valid_fn=valid, keep_best=False, grad_clip=cfg.grad_clip, desc=name)
-        curves[name] = dict(bits=[r['bits_per_token'] for r in evals], stderr=[r['stderr'] for r in evals],
-                            train_nats=hist['train'], seconds=time.perf_counter() - t0)
-        best = min(range(len(evals)), key=lambda e: evals[e]['bits_per_token'])
-        print(f"{name}: best {evals[best]['bits_per_token']:.3f} ± {evals[best]['stderr']:.3f} bits/word at epoch {best + 1}, "
-              f"last {evals[-1]['bits_per_token']:.3f}; {curves[name]['seconds'] / 60:.1f} min")
-
-    torch.manual_seed(0)
-    run('autoregressive', make_ar_model(V, 2 * seq_len, dropout=cfg.ar_dropout, **cfg.model_kw()), lambda m, x: ar_loss(m, x),
-        lambda m: ar_heldout_bits(m, eval_seqs), lr=cfg.ar_lr, wd=cfg.ar_weight_decay)
-    torch.manual_seed(0)
-    loss_gen = torch.Generator().manual_seed(1)
-    run('masked diffusion', TokenDenoiser(V, 2 * seq_len, **cfg.model_kw()),
-        lambda m, x: masked_diffusion_loss(m, absorbing, x, generator=loss_gen, weighting=args.weighting),
-        lambda m: heldout_bound(m, absorbing, eval_seqs, n_t=args.n_t), lr=cfg.diffusion_lr, wd=0.0)
-
-    ar, md = curves['autoregressive'], curves['masked diffusion']
-    below = [e + 1 for e in range(args.epochs) if md['bits'][e] < ar['bits'][e]]
-    print(f"\n{'epoch':>5} {'autoregressive':>15} {'masked diffusion':>22}")
-    for e in range(args.epochs):
-        print(f"{e + 1:>5} {ar['bits'][e]:>15.3f} {md['bits'][e]:>13.3f} ± {md['stderr'][e]:.3f}")
-    print(f"unigram {unigram:.3f}; best: autoregressive {min(ar['bits']):.3f}, masked diffusion {min(md['bits']):.3f}; "
-          f"diffusion below the autoregressive model at epochs {below or 'none'}"
-          + (f"; below its best at epochs {[e + 1 for e in range(args.epochs) if md['bits'][e] < min(ar['bits'])] or 'none'}"))
-
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    (out / 'data_limited.json').write_text(json.dumps(dict(args=vars(args), config=cfg.asdict(), device=str(device), V=V, unigram=unigram, curves=curves,
-                                                           diffusion_below_ar_at_epochs=below), indent=1))
-    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = range(1, args.epochs + 1)
-    ax.plot(x, ar['bits'], 'o-', ms=3, label='autoregressive (exact)')
-    ax.errorbar(x, md['bits'], yerr=md['stderr'], fmt='s-', ms=3, label='masked diffusion (bound ± s.e.)')
-    ax.axhline(unigram, color='gray', ls=':', label='unigram')
-    ax.set_xlabel('epoch'); ax.set_ylabel('held-out bits/word'); ax.legend(); fig.tight_layout()
-    fig.savefig(out / 'data_limited.png', dpi=120)
-    print(f"wrote {out / 'data_limited.json'} and {out / 'data_limited.png'}")
-    return curves
+    ap.add_argument('--corpus-file', default=None, help='a UTF-8 text file (default: the embedded TinyShakespeare)')
+    ap.add_argument('--name', default=None, help="the result's name (default tinyshakespeare, or the file's stem)")
+    ap.add_argument('--words', type=int, default=8_000, help='the first N space-separated words of the corpus')
+    ap.add_argument('--epochs', type=int, default=20)
+    ap.add_argument('--models', nargs='+', default=['ar', 'diffusion', 'block'])
+    ap.add_argument('--grid', nargs='+', default=['0,0', '0.2,0.1'], help='dropout,weight_decay pairs')
+    ap.add_argument('--vocab-size', type=int, default=500)
+    ap.add_argument('--seq-len', type=int, default=32)
+    ap.add_argument('--n-layer', type=int, default=1)
+    ap.add_argument('--n-embd', type=int, default=64)
+    ap.add_argument('--block-size', type=int, default=4)
+    ap.add_argument('--lr', type=float, default=2e-3, help='the same peak learning rate for every model')
+    ap.add_argument('--smoke', action='store_true', help='tiny: 8,000 words, 3 epochs, one setting')
+    ap.add_argument('--out', default=str(REPO / 'results'))
+    a = ap.parse_args(argv)
+    if a.smoke: a.words, a.epochs, a.grid, a.vocab_size, a.seq_len, a.n_layer, a.n_embd = 8000, 3, ['0,0'], 300, 16, 1, 32
+    text = read_corpus(a.corpus_file) if a.corpus_file else load_text_corpus('tinyshakespeare').text
+    name = a.name or (Path(a.corpus_file).stem if a.corpus_file else 'tinyshakespeare') + ('-smoke' if a.smoke else '')
+    text = ' '.join(text.split(' ')[:a.words])
+    grid = tuple(tuple(float(v) for v in g.split(',')) for g in a.grid)
+    cfg = LMConfig(vocab_size=a.vocab_size, seq_len=a.seq_len, n_layer=a.n_layer, n_head=2, n_embd=a.n_embd, batch_size=32,
+                   warmup=10, n_valid=64, valid_fraction=0.2, block_size=a.block_size, lr=a.lr)
+    t0 = time.perf_counter()
+    study = data_limited_study(text, cfg, models=tuple(a.models), epochs=a.epochs, grid=grid)
+    summary = data_limited_summary(study)
+    study.update(name=name, summary=summary, seconds=time.perf_counter() - t0, torch_threads=torch.get_num_threads(),
+                 command='python tests/benchmarks/data_limited.py ' + ' '.join(argv if argv is not None else __import__('sys').argv[1:]))
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    (out / f'data_limited_{name}.json').write_text(json.dumps(study, indent=1))
+    plot_data_limited(study, f"{name}: {study['n_train_tokens']:,} training words, {a.epochs} epochs").savefig(out / f'data_limited_{name}.png', dpi=100)
+    print(f"\n{name}: unigram (test) {study['unigram_test']:.3f} bits/word; {study['seconds'] / 60:.1f} minutes")
+    for m, s in summary.items():
+        extra = '' if m == 'ar' else (f"; {s['gap_to_ar_at_best']:+.3f} against AR at its best; below the AR curve at epochs "
+                                      f"{s['below_ar_curve_at_epochs'] or 'none'}, below AR's best at {s['below_ar_best_at_epochs'] or 'none'}")
+        print(f"  {m:9s} dropout {s['dropout']:g}, wd {s['weight_decay']:g}: best epoch {s['best_epoch']}, test {s['test_at_best']:.3f} "
+              f"there, {s['test_last']:.3f} at the end" + extra)
+    print(f"wrote {out / f'data_limited_{name}.json'} and its .png")
+    return study
 
 
 if __name__ == '__main__':

@@ -115,3 +115,21 @@ def test_benchmark_of_lesson_times_writes_its_table(tmp_path):
     assert data['mode'] == 'full' and data['runs'][0]['results']['smoke'] is False and data['runs'][0]['results']['device asked'] == 'cpu'
     table = (tmp_path / 'out' / 'tour_times.md').read_text()
     assert '| `01_tiny` |' in table and 'cpu (' in table
+
+
+def test_section_times_adds_up_each_section_from_papermills_durations(tmp_path):
+    "tests/benchmarks/section_times.py on an executed notebook: seconds per `##` section, cells before the first under the title."
+    sys.path.insert(0, str(REPO / 'tests' / 'benchmarks'))
+    from section_times import main, section_times
+    md = lambda s: {'cell_type': 'markdown', 'metadata': {}, 'source': s}
+    code = lambda s, d: {'cell_type': 'code', 'metadata': {'papermill': {'duration': d}}, 'outputs': [], 'source': s, 'execution_count': 1}
+    nb = {'cells': [md('# The lesson\n\n> what'), code('import x', 1.0), md('## Setup\n\ntext'), code('a = 1', 2.0),
+                    md('### a subsection'), code('b = 2', 3.0), md('## Training'), code('fit()\n', 14.0)]}
+    rows, cells = section_times(nb)
+    assert [(r['section'], r['cells'], r['seconds']) for r in rows] == [('The lesson', 1, 1.0), ('Setup', 2, 5.0), ('Training', 1, 14.0)]
+    assert abs(rows[-1]['share'] - 0.7) < 1e-9 and cells[-1] == {'index': 7, 'section': 'Training', 'seconds': 14.0, 'first_line': 'fit()'}
+    assert [r['section'] for r in section_times(nb, level=3)[0]] == ['The lesson', 'Setup', 'a subsection', 'Training']
+    (tmp_path / 'x.ipynb').write_text(json.dumps(nb))
+    assert main(['--executed', str(tmp_path / 'x.ipynb')]) == 0
+    nb['cells'] = [md('## only prose')]; (tmp_path / 'y.ipynb').write_text(json.dumps(nb))
+    assert main(['--executed', str(tmp_path / 'y.ipynb')]) == 1   # nothing timed: said, not an empty table

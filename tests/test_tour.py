@@ -133,3 +133,23 @@ def test_section_times_adds_up_each_section_from_papermills_durations(tmp_path):
     assert main(['--executed', str(tmp_path / 'x.ipynb')]) == 0
     nb['cells'] = [md('## only prose')]; (tmp_path / 'y.ipynb').write_text(json.dumps(nb))
     assert main(['--executed', str(tmp_path / 'y.ipynb')]) == 1   # nothing timed: said, not an empty table
+
+
+def test_a_re_record_rewrites_the_time_lines_and_a_gpu_run_stands_beside_the_cpu(tmp_path):
+    "update_record keeps a GPU run apart; write_results then rewrites README's table and each lesson's **Time:** line from the record."
+    from vtd.tour import COURSE, RECORD, TIME_PREFIX, course_markdown, time_line, write_results
+    repo = tmp_path / 'repo'; shutil.copytree(REPO / 'nbs', repo / 'nbs', symlinks=True)
+    (repo / 'results').mkdir(); shutil.copy(REPO / RECORD, repo / RECORD); shutil.copy(REPO / 'settings.ini', repo / 'settings.ini')
+    run = {'notebook': '03_vq.ipynb', 'ok': True, 'smoke': False, 'seconds': 600.0, 'results': {}}
+    cpu = {'cores': 2, 'device': 'cpu', 'device_name': 'x'}; gpu = {'cores': 16, 'device': 'cuda', 'device_name': 'NVIDIA H100'}
+    update_record(repo / RECORD, [run], cpu, 'c0ffee1234'); update_record(repo / RECORD, [run | {'seconds': 12.0}], gpu, 'c0ffee1234')
+    data = json.loads((repo / RECORD).read_text())
+    assert data['lessons']['03_vq']['seconds'] == 600.0 and data['gpu']['03_vq']['seconds'] == 12.0
+    write_results(repo)
+    nb = json.loads((repo / 'nbs' / '03_vq.ipynb').read_text())
+    line = next(l for c in nb['cells'] if c['cell_type'] == 'markdown' for l in c['source'] if l.startswith(TIME_PREFIX))
+    assert line.rstrip('\n') == time_line('03_vq', data) and 'about 10 min' in line and '12 s on one NVIDIA H100' in line, line
+    readme = (repo / 'README.md').read_text()
+    assert course_markdown(data, repo / 'nbs') in readme and 'on one NVIDIA H100 |' in readme
+    row = next(l for l in readme.splitlines() if '[`03_vq`]' in l)
+    assert '| 10 min | 12 s |' in row and 'https://vtd-project.github.io/vtd/vq.html' in row

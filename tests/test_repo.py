@@ -19,11 +19,18 @@ def test_library_in_sync_with_notebooks(tmp_path):
 
 
 def test_notebooks_are_clean_and_keep_parameters_tag():
+    "Outputs may stay (each lesson carries its full run's); volatile metadata may not: each notebook is what nbdev_clean leaves."
+    from vtd.tour import OUTPUTS_KEY, clean_notebook
     for nb_path in sorted(REPO.glob('nbs/*.ipynb')):
-        nb = json.loads(nb_path.read_text())
+        text = nb_path.read_text(); nb = json.loads(text)
+        assert set(nb['metadata']) <= {'kernelspec', 'jupytext', OUTPUTS_KEY}, f"{nb_path.name}: notebook metadata {sorted(nb['metadata'])} (run nbdev_clean)"
         for c in nb['cells']:
             assert set(c.get('metadata', {})) <= {'tags'}, f"{nb_path.name}: cell metadata {c['metadata']} (run nbdev_clean)"
-            if c['cell_type'] == 'code': assert c.get('execution_count') is None, f"{nb_path.name}: execution counts left in"
+            if c['cell_type'] == 'code':
+                assert c.get('execution_count') is None, f"{nb_path.name}: execution counts left in"
+                assert all(o.get('execution_count') is None for o in c.get('outputs', [])), f"{nb_path.name}: execution counts left in outputs"
+                assert 'injected-parameters' not in c['metadata'].get('tags', []), f"{nb_path.name}: papermill's injected cell committed"
+        assert text == clean_notebook(nb, REPO), f"{nb_path.name} is not as nbdev_clean leaves it (run nbdev_clean)"
 
 
 def test_readme_is_generated_from_index():
@@ -52,7 +59,7 @@ def test_start_here_and_lesson_times_are_what_the_record_says():
     from vtd.tour import COURSE, RECORD, START_MARK, TIME_PREFIX, course_markdown, time_line
     record = json.loads((REPO / RECORD).read_text())
     assert [l for l, *_ in COURSE] == [p.stem for p in sorted(REPO.glob('nbs/[0-9]*.ipynb')) if p.stem != '90_tour']
-    table = course_markdown(record)
+    table = course_markdown(record, REPO / 'nbs')
     assert table.startswith(START_MARK) and table in (REPO / 'README.md').read_text(), "README's start-here table is stale (write_results)"
     for lesson, *_ in COURSE:
         nb = json.loads((REPO / 'nbs' / f'{lesson}.ipynb').read_text())
@@ -134,3 +141,11 @@ def test_readme_module_map_is_what_the_modules_import():
         imported = _vtd_imports(REPO / 'vtd' / f'{m}.py')
         assert imported <= set(path[:i]) | {'metrics'}, f"vtd.{m} imports {sorted(imported - set(path[:i]))}, not before it on the path"
     assert _vtd_imports(REPO / 'vtd' / 'metrics.py') <= {'core'}
+
+
+def test_the_site_is_built_from_the_committed_notebooks():
+    "The deploy workflow runs no lesson: it checks the committed outputs are current, then builds with nbdev_docs."
+    text = (REPO / '.github' / 'workflows' / 'deploy.yaml').read_text()
+    steps = [l.strip() for l in text.splitlines() if l.strip().startswith('run:')]
+    assert not any('vtd-tour' in s or 'papermill' in s for s in steps), f"the deploy workflow executes lessons: {steps}"
+    assert any('tests/test_outputs.py' in s for s in steps) and any(s.endswith(('vtd-docs', 'nbdev_docs')) for s in steps), steps

@@ -115,3 +115,41 @@ def test_benchmark_of_lesson_times_writes_its_table(tmp_path):
     assert data['mode'] == 'full' and data['runs'][0]['results']['smoke'] is False and data['runs'][0]['results']['device asked'] == 'cpu'
     table = (tmp_path / 'out' / 'tour_times.md').read_text()
     assert '| `01_tiny` |' in table and 'cpu (' in table
+
+
+def test_section_times_adds_up_each_section_from_papermills_durations(tmp_path):
+    "tests/benchmarks/section_times.py on an executed notebook: seconds per `##` section, cells before the first under the title."
+    sys.path.insert(0, str(REPO / 'tests' / 'benchmarks'))
+    from section_times import main, section_times
+    md = lambda s: {'cell_type': 'markdown', 'metadata': {}, 'source': s}
+    code = lambda s, d: {'cell_type': 'code', 'metadata': {'papermill': {'duration': d}}, 'outputs': [], 'source': s, 'execution_count': 1}
+    nb = {'cells': [md('# The lesson\n\n> what'), code('import x', 1.0), md('## Setup\n\ntext'), code('a = 1', 2.0),
+                    md('### a subsection'), code('b = 2', 3.0), md('## Training'), code('fit()\n', 14.0)]}
+    rows, cells = section_times(nb)
+    assert [(r['section'], r['cells'], r['seconds']) for r in rows] == [('The lesson', 1, 1.0), ('Setup', 2, 5.0), ('Training', 1, 14.0)]
+    assert abs(rows[-1]['share'] - 0.7) < 1e-9 and cells[-1] == {'index': 7, 'section': 'Training', 'seconds': 14.0, 'first_line': 'fit()'}
+    assert [r['section'] for r in section_times(nb, level=3)[0]] == ['The lesson', 'Setup', 'a subsection', 'Training']
+    (tmp_path / 'x.ipynb').write_text(json.dumps(nb))
+    assert main(['--executed', str(tmp_path / 'x.ipynb')]) == 0
+    nb['cells'] = [md('## only prose')]; (tmp_path / 'y.ipynb').write_text(json.dumps(nb))
+    assert main(['--executed', str(tmp_path / 'y.ipynb')]) == 1   # nothing timed: said, not an empty table
+
+
+def test_a_re_record_rewrites_the_time_lines_and_a_gpu_run_stands_beside_the_cpu(tmp_path):
+    "update_record keeps a GPU run apart; write_results then rewrites README's table and each lesson's **Time:** line from the record."
+    from vtd.tour import COURSE, RECORD, TIME_PREFIX, course_markdown, time_line, write_results
+    repo = tmp_path / 'repo'; shutil.copytree(REPO / 'nbs', repo / 'nbs', symlinks=True)
+    (repo / 'results').mkdir(); shutil.copy(REPO / RECORD, repo / RECORD); shutil.copy(REPO / 'settings.ini', repo / 'settings.ini')
+    run = {'notebook': '03_vq.ipynb', 'ok': True, 'smoke': False, 'seconds': 600.0, 'results': {}}
+    cpu = {'cores': 2, 'device': 'cpu', 'device_name': 'x'}; gpu = {'cores': 16, 'device': 'cuda', 'device_name': 'NVIDIA H100'}
+    update_record(repo / RECORD, [run], cpu, 'c0ffee1234'); update_record(repo / RECORD, [run | {'seconds': 12.0}], gpu, 'c0ffee1234')
+    data = json.loads((repo / RECORD).read_text())
+    assert data['lessons']['03_vq']['seconds'] == 600.0 and data['gpu']['03_vq']['seconds'] == 12.0
+    write_results(repo)
+    nb = json.loads((repo / 'nbs' / '03_vq.ipynb').read_text())
+    line = next(l for c in nb['cells'] if c['cell_type'] == 'markdown' for l in c['source'] if l.startswith(TIME_PREFIX))
+    assert line.rstrip('\n') == time_line('03_vq', data) and 'about 10 min' in line and '12 s on one NVIDIA H100' in line, line
+    readme = (repo / 'README.md').read_text()
+    assert course_markdown(data, repo / 'nbs') in readme and 'on one NVIDIA H100 |' in readme
+    row = next(l for l in readme.splitlines() if '[`03_vq`]' in l)
+    assert '| 10 min | 12 s |' in row and 'https://vtd-project.github.io/vtd/vq.html' in row

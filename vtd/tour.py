@@ -13,11 +13,14 @@ from .core import cache_root
 
 # %% auto 0
 __all__ = ['HEADLINES', 'RECORD', 'RESULTS_MARK', 'COURSE', 'TIME_PREFIX', 'START_MARK', 'WIDGET_STATE', 'WIDGET_VIEW',
-           'HTML_MANAGER_SPEC', 'HTML_MANAGER_CDN', 'LUNR_SPEC', 'KATEX_SPEC', 'find_notebooks', 'repo_root',
-           'run_notebook', 'headline', 'format_results_table', 'tour_main', 'machine_info', 'git_commit',
-           'update_record', 'results_markdown', 'time_line', 'course_markdown', 'write_results', 'write_time_lines',
-           'results_page_markdown', 'readme_from_index', 'write_readme', 'docs_main', 'process_notebook', 'api_entries',
-           'documented_names', 'progress_text', 'prepare_executed', 'npm_package', 'html_manager_js', 'lunr_js',
+           'OUTPUTS_KEY', 'RUN_PARAMETERS', 'OUTPUT_DPI', 'OUTPUTS_LIMIT_MB', 'HTML_MANAGER_SPEC', 'HTML_MANAGER_CDN',
+           'LUNR_SPEC', 'KATEX_SPEC', 'find_notebooks', 'repo_root', 'run_notebook', 'headline', 'format_results_table',
+           'tour_main', 'machine_info', 'git_commit', 'update_record', 'results_markdown', 'time_line',
+           'course_markdown', 'write_results', 'write_time_lines', 'results_page_markdown', 'readme_from_index',
+           'write_readme', 'docs_main', 'process_notebook', 'api_entries', 'documented_names', 'progress_text',
+           'prepare_executed', 'lesson_code', 'code_fingerprint', 'library_index', 'library_fingerprint',
+           'stored_outputs', 'outputs_staleness', 'outputs_report', 'static_widgets', 'clean_notebook',
+           'outputs_notebook', 'write_outputs', 'site_sources', 'npm_package', 'html_manager_js', 'lunr_js',
            'katex_dist', 'read_executed_notebook', 'front_matter', 'notebook_title', 'quarto_cells', 'search_sections',
            'build_site']
 
@@ -44,14 +47,14 @@ def _papermill_error(e: Exception) -> str:
 
 # %% ../nbs/90_tour.ipynb
 def run_notebook(nb: str | Path, out_dir: str | Path, smoke: bool = True, device: str = 'auto',
-                 timeout: int | None = None, results_dir: str | Path | None = None) -> dict:
-    "Execute one lesson with papermill (parameters `smoke`, `device`); return its status, seconds and recorded results."
+                 timeout: int | None = None, results_dir: str | Path | None = None, env: Mapping[str, str] | None = None) -> dict:
+    "Execute one lesson with papermill (parameters `smoke`, `device`; `env`: more variables for its kernel); return its status, seconds and recorded results."
     import papermill as pm
     nb, out_dir = Path(nb).resolve(), Path(out_dir).resolve()  # the kernel runs in nb's folder: no relative paths
     results_dir = Path(results_dir).resolve() if results_dir else out_dir / 'results'
     out_dir.mkdir(parents=True, exist_ok=True); results_dir.mkdir(parents=True, exist_ok=True)
     rf = results_dir / f"{nb.stem}.json"; rf.unlink(missing_ok=True)
-    env = {'VTD_RESULTS_DIR': str(results_dir)}
+    env = {'VTD_RESULTS_DIR': str(results_dir), **(env or {})}
     saved = {k: os.environ.get(k) for k in (*env, 'MPLBACKEND')}
     os.environ.update(env)
     os.environ.pop('MPLBACKEND', None)  # with Agg (as tests set it) the kernel would show no figure inline
@@ -153,35 +156,55 @@ def _tour_args(argv):
     ap.add_argument('--record', type=Path, default=None, help='record of full runs to update (default: results/full.json of the repository; with --full only)')
     ap.add_argument('--no-record', action='store_true', help='with --full: leave the record of full runs alone')
     ap.add_argument('--timeout', type=int, default=None, help='per-cell timeout in seconds')
-    ap.add_argument('--site', action='store_true', help='also build the static site in <out>/site')
+    ap.add_argument('--write-outputs', action='store_true', help="with --full: write each cleanly-run lesson's outputs, with their fingerprint, back into its notebook in nbs/")
+    ap.add_argument('--stale', action='store_true', help='run only the lessons (of --only) whose committed outputs are missing or stale')
+    ap.add_argument('--site', action='store_true', help="also build the static site in <out>/site (the lessons' committed outputs where they carry them)")
     return ap.parse_args(argv)
 
 # %% ../nbs/90_tour.ipynb
 def tour_main(argv: list[str] | None = None) -> int:
     "Console entry point `vtd-tour`: run every lesson notebook and print a table of their headline figures."
     a = _tour_args(argv)
+    if a.write_outputs and not a.full:
+        print("vtd-tour: --write-outputs needs --full (a lesson's committed outputs are those of its full setting)", file=sys.stderr); return 2
     nbs_dir = (a.nbs or repo_root() / 'nbs').resolve()
     nbs = [p for p in find_notebooks(nbs_dir) if not a.only or any(s and s in p.name for s in a.only.split(','))]
     if not nbs: print(f"vtd-tour: no notebooks matched in {nbs_dir}", file=sys.stderr); return 2
+    repo = repo_root(nbs_dir)
+    if a.stale:
+        report = outputs_report(nbs_dir, repo / 'vtd')
+        current = [p.stem for p in nbs if report[p.stem]['outputs'] is not None and not report[p.stem]['stale']]
+        nbs = [p for p in nbs if p.stem not in current]
+        print(f"vtd-tour: outputs current, not run: {', '.join(current) or 'none'}", flush=True)
+        if not nbs: print("vtd-tour: every lesson's committed outputs are current: nothing to run"); return 0
     out, mode = a.out.resolve(), 'full' if a.full else 'smoke'
     print(f"vtd-tour: {len(nbs)} notebooks in {mode} mode on device {a.device!r} -> {a.out}/", flush=True)
-    runs = []
+    env = None
+    if a.write_outputs:  # figures as PNG at a modest resolution, so nbs/ stays small
+        out.mkdir(parents=True, exist_ok=True); (out / 'matplotlibrc').write_text(f"figure.dpi: {OUTPUT_DPI}\nsavefig.dpi: figure\n")
+        env = {'MATPLOTLIBRC': str(out / 'matplotlibrc')}
+    commit, runs, written = git_commit(repo), [], []
     for nb in nbs:
         print(f"  running {nb.name} ...", flush=True)
-        r = run_notebook(nb, out, smoke=not a.full, device=a.device, timeout=a.timeout)
+        before = nb.read_text(encoding='utf-8')
+        r = run_notebook(nb, out, smoke=not a.full, device=a.device, timeout=a.timeout, env=env)
         r['headline'] = headline(nb.stem, r['results'])
         print(f"  {'ok' if r['ok'] else 'FAILED'} {nb.name} in {r['seconds']:.1f}s" + ('' if r['ok'] else f": {r['error']}"), flush=True)
+        if a.write_outputs and r['ok']:
+            try: write_outputs(nb, out / nb.name, r, repo, commit, before); written.append(nb.stem)
+            except (RuntimeError, ValueError) as e: print(f"  outputs NOT written: {e}", file=sys.stderr, flush=True)
         runs.append(r)
     table = format_results_table(runs)
     (out / 'summary.txt').write_text(table + '\n'); (out / 'summary.json').write_text(json.dumps(runs, indent=1))
     print(); print(table)
-    record = a.record or (None if a.nbs else repo_root(nbs_dir) / RECORD)
+    if a.write_outputs: print(f"\noutputs written into {nbs_dir}: {', '.join(written) or 'none'}")
+    record = a.record or (None if a.nbs else repo / RECORD)
     if a.full and not a.no_record and record is not None: _record_and_report(runs, record, nbs_dir, a.device)
     if a.site:
-        site = build_site(out, out / 'site', nbs_dir=nbs_dir, record=record)
+        site = build_site(site_sources(nbs_dir, out, runs, record), out / 'site', nbs_dir=nbs_dir, record=record)
         print(f"\nsite: {len(site['pages'])} pages in {a.out / 'site'}/ (widgets: {site['widgets_note']}; search: {site['search_note']}); "
               f"open it with: python -m http.server -d {a.out / 'site'} 8000  ->  http://127.0.0.1:8000/")
-    return 0 if all(r['ok'] for r in runs) else 1
+    return 0 if all(r['ok'] for r in runs) and (not a.write_outputs or len(written) == len(runs)) else 1
 
 # %% ../nbs/90_tour.ipynb
 RECORD = 'results/full.json'  # the committed record of full-mode runs, relative to the repository
@@ -208,6 +231,8 @@ def git_commit(repo: str | Path = '.') -> str:
     return head + ('+dirty' if git('status', '--porcelain', '--', 'vtd', 'nbs/[0-9]*.ipynb', 'settings.ini') else '')
 
 # %% ../nbs/90_tour.ipynb
+def _on_gpu(machine: Mapping) -> bool: return str(machine.get('device', 'cpu')).split(':')[0] in ('cuda', 'mps')
+
 def update_record(record: str | Path, runs: list[dict], machine: Mapping, commit: str, date: str | None = None) -> list[str]:
     "Write each cleanly-run full-mode lesson of `runs` into the record `record`, leaving the other entries; return the lessons updated."
     import datetime
@@ -218,11 +243,13 @@ def update_record(record: str | Path, runs: list[dict], machine: Mapping, commit
     for r in runs:
         if not r['ok'] or r.get('smoke'): continue
         lesson = Path(r['notebook']).stem
-        data['lessons'][lesson] = {'commit': commit, 'date': date, 'machine': dict(machine), 'seconds': round(r['seconds'], 1),
-                                   'headline': [list(h) for h in headline(lesson, r['results'])], 'results': r['results']}
-        if 'data' in r['results']: data['lessons'][lesson]['data'] = r['results']['data']   # what the figures were measured on
+        part = data.setdefault('gpu', {}) if _on_gpu(machine) else data['lessons']  # a GPU's seconds stand beside the CPU's
+        part[lesson] = {'commit': commit, 'date': date, 'machine': dict(machine), 'seconds': round(r['seconds'], 1),
+                        'headline': [list(h) for h in headline(lesson, r['results'])], 'results': r['results']}
+        if 'data' in r['results']: part[lesson]['data'] = r['results']['data']   # what the figures were measured on
         done.append(lesson)
-    data['lessons'] = dict(sorted(data['lessons'].items()))
+    for k in ('lessons', 'gpu'):
+        if k in data: data[k] = dict(sorted(data[k].items()))
     record.parent.mkdir(parents=True, exist_ok=True); record.write_text(json.dumps(data, indent=1, ensure_ascii=False) + '\n')
     return done
 
@@ -268,29 +295,51 @@ def _cores(data: Mapping) -> str:
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
+def _where(m: Mapping) -> str:
+    return f"{m.get('cores', '?')} CPU cores" if not _on_gpu(m) else f"one {m.get('device_name') or m['device']}"
+
 def time_line(lesson: str, record: str | Path | Mapping) -> str:
-    "The **Time:** line of `lesson`'s first screen: its full setting's seconds from the record of full runs."
+    "The **Time:** line of `lesson`'s first screen: its full setting's seconds from the record of full runs (and on a GPU, when measured)."
     data = record if isinstance(record, Mapping) else json.loads(Path(record).read_text())
-    e = data['lessons'].get(lesson)
+    e, g = data['lessons'].get(lesson), data.get('gpu', {}).get(lesson)
     if e is None: return f"{TIME_PREFIX} not measured yet (no full run of `{lesson}` in `{RECORD}`)."
-    m = e['machine']
-    where = f"{m.get('cores', '?')} CPU cores" if str(m.get('device', 'cpu')).startswith('cpu') else f"a {m.get('device_name') or m['device']}"
-    return (f"{TIME_PREFIX} about {_duration(e['seconds'])} in its full setting on {where} "
+    gpu = f", about {_duration(g['seconds'])} on {_where(g['machine'])}" if g else ''
+    return (f"{TIME_PREFIX} about {_duration(e['seconds'])} in its full setting on {_where(e['machine'])}{gpu} "
             f"(the record of full runs, `{RECORD}`, commit `{e['commit'][:7]}`); the smoke setting (`smoke = True`, what "
             "the tests run) is a small fraction of that.")
 
-def course_markdown(record: str | Path | Mapping) -> str:
-    "README's lesson order: each lesson, what it needs, its maths and its full run's time, from `COURSE` and the record."
+def _outputs_cell(meta: Mapping | None) -> str:
+    if meta is None: return 'not yet'
+    return f"{meta.get('mode', '?')} run, `{str(meta.get('commit', '?'))[:7]}`" + (f" ({meta['device']})" if meta.get('device') and meta['device'] != 'cpu' else '')
+
+def course_markdown(record: str | Path | Mapping, nbs_dir: str | Path | None = None) -> str:
+    """README's lesson order: each lesson, what it needs, its maths and its full run's time, from `COURSE` and the record;
+    with `nbs_dir`, also each lesson's rendered page (the docs' address in settings.ini) and its committed outputs."""
     data = record if isinstance(record, Mapping) else json.loads(Path(record).read_text())
-    lines = [START_MARK, '', f'| # | lesson | needs lessons | maths it assumes or teaches | full setting, {_cores(data)} CPU cores |', '|---:|---|---|---|---:|']
-    total = 0.0
+    gpu = data.get('gpu', {})
+    site = _site_url(nbs_dir) if nbs_dir else None
+    names = sorted({_where(e['machine']) for e in gpu.values()})
+    head = f'| # | lesson | needs lessons | maths it assumes or teaches | full setting, {_cores(data)} CPU cores |' + (f" on {' or '.join(names)} |" if gpu else '')
+    head += ' committed outputs |' if nbs_dir else ''
+    lines = [START_MARK, '', head, '|---:|---|---|---|---:|' + ('---:|' if gpu else '') + ('---|' if nbs_dir else '')]
+    total = total_gpu = 0.0
     for n, (lesson, needs, maths) in enumerate(COURSE, 1):
-        e = data['lessons'].get(lesson); total += e['seconds'] if e else 0
-        lines.append(f"| {n} | `{lesson}` | {needs} | {maths} | {_duration(e['seconds']) if e else 'not measured'} |")
-    lines.append(f"| | all lessons | | | {_duration(total)} |")
+        e, g = data['lessons'].get(lesson), gpu.get(lesson); total += e['seconds'] if e else 0; total_gpu += g['seconds'] if g else 0
+        name = f"[`{lesson}`]({site}/{re.sub(r'^[0-9]+[a-z]?_', '', lesson)}.html)" if site else f"`{lesson}`"
+        row = f"| {n} | {name} | {needs} | {maths} | {_duration(e['seconds']) if e else 'not measured'} |"
+        row += f" {_duration(g['seconds']) if g else 'not measured'} |" if gpu else ''
+        if nbs_dir:
+            path = Path(nbs_dir) / f'{lesson}.ipynb'
+            row += f" {_outputs_cell(stored_outputs(json.loads(path.read_text(encoding='utf-8'))) if path.exists() else None)} |"
+        lines.append(row)
+    lines.append(f"| | all lessons | | | {_duration(total)} |" + (f" {_duration(total_gpu)} |" if gpu else '') + (' |' if nbs_dir else ''))
     return '\n'.join(lines)
 
 # %% ../nbs/90_tour.ipynb
+def _nb_text(nb: Mapping) -> str:
+    "A notebook's file text exactly as nbdev writes it (`nbdev_clean` leaves it unchanged)."
+    return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + '\n'
+
 def write_results(repo: str | Path = '.', record: str | Path | None = None) -> list[Path]:
     "Regenerate, from the record, the results and start-here cells of `nbs/index.ipynb`, README.md, the page `nbs/results.md` and the lessons' **Time:** lines."
     repo = Path(repo); table = results_markdown(record or repo / RECORD)
@@ -300,9 +349,9 @@ def write_results(repo: str | Path = '.', record: str | Path | None = None) -> l
     cells[0]['source'] = [l + '\n' for l in table.split('\n')[:-1]] + [table.split('\n')[-1]]
     start = [c for c in nb['cells'] if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith(START_MARK)]
     if len(start) != 1: raise ValueError(f"{index} needs exactly one markdown cell starting with {START_MARK!r}, found {len(start)}")
-    course = course_markdown(record or repo / RECORD)
+    course = course_markdown(record or repo / RECORD, repo / 'nbs')
     start[0]['source'] = [l + '\n' for l in course.split('\n')[:-1]] + [course.split('\n')[-1]]
-    index.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
+    index.write_text(_nb_text(nb), encoding='utf-8')
     page = repo / 'nbs' / 'results.md'
     page.write_text(results_page_markdown(table), encoding='utf-8')
     return [index, write_readme(repo), page] + write_time_lines(repo, record)
@@ -316,7 +365,7 @@ def write_time_lines(repo: str | Path = '.', record: str | Path | None = None) -
             if c['cell_type'] != 'markdown': continue
             src = [time_line(lesson, data) + ('\n' if l.endswith('\n') else '') if l.startswith(TIME_PREFIX) else l for l in c['source']]
             if src != c['source']: c['source'], hit = src, True
-        if hit: path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8'); changed.append(path)
+        if hit: path.write_text(_nb_text(nb), encoding='utf-8'); changed.append(path)
     return changed
 
 def results_page_markdown(table: str) -> str:
@@ -458,6 +507,269 @@ def prepare_executed(nb: Mapping) -> dict:
         if 'outputs' in c: c['outputs'] = outs
     for i in used: state.pop(i, None)  # the bars' models are no longer shown anywhere
     return nb
+
+# %% ../nbs/90_tour.ipynb
+OUTPUTS_KEY = 'vtd_outputs'  # notebook metadata: how its committed outputs were made (settings.ini's allowed_metadata_keys keeps it)
+RUN_PARAMETERS = ('smoke', 'device')  # every run passes these, so their defaults in the parameters cell never reach a run
+OUTPUT_DPI = 80  # figures in committed outputs: PNG at this resolution (small files, sharp enough on GitHub)
+OUTPUTS_LIMIT_MB = 25  # nbs/ in all, outputs included
+
+# %% ../nbs/90_tour.ipynb
+def _normal_code(src: str) -> str:
+    "A code cell as Python reads it (`ast.unparse`: comments, blank lines and layout dropped); its text where it is not plain Python."
+    import ast
+    try: return ast.unparse(ast.parse(src))
+    except SyntaxError: return '\n'.join(l.rstrip() for l in src.strip().splitlines())
+
+def _drop_run_parameters(src: str) -> str:
+    "A parameters cell without its assignments to `RUN_PARAMETERS`: a run replaces those values, so they shape no output."
+    import ast
+    try: tree = ast.parse(src)
+    except SyntaxError: return src
+    def passed(n):
+        targets = n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else []
+        return bool(targets) and all(isinstance(t, ast.Name) and t.id in RUN_PARAMETERS for t in targets)
+    tree.body = [n for n in tree.body if not passed(n)]
+    return ast.unparse(tree)
+
+def lesson_code(nb: Mapping) -> list[str]:
+    "The code a run of lesson `nb` (JSON) executes, cell by cell, normalised; papermill's injected cell and the run parameters' defaults left out."
+    cells = []
+    for c in nb['cells']:
+        if c['cell_type'] != 'code': continue
+        tags = c.get('metadata', {}).get('tags', [])
+        if 'injected-parameters' in tags: continue
+        src = c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
+        code = _normal_code(_drop_run_parameters(src) if 'parameters' in tags else src)
+        if code.strip(): cells.append(code)
+    return cells
+
+def code_fingerprint(nb: Mapping) -> str:
+    "A short hash of the lesson's code cells (`lesson_code`): markdown, comments and formatting do not change it."
+    import hashlib
+    return hashlib.sha256('\n# --- next cell ---\n'.join(lesson_code(nb)).encode()).hexdigest()[:16]
+
+# %% ../nbs/90_tour.ipynb
+def _vtd_aliases(tree, package: str = 'vtd') -> dict:
+    "What each name imported from the package stands for: ('mod', m), ('name', m, n), ('pkg',) or ('star', m); imports anywhere in `tree`."
+    import ast
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            mod = node.module or ''
+            if node.level == 0 and mod != package and not mod.startswith(package + '.'): continue
+            if node.level > 1: continue
+            rest = mod[len(package):].lstrip('.') if node.level == 0 else mod
+            for a in node.names:
+                if not rest: out[a.asname or a.name] = ('mod', a.name)
+                elif a.name == '*': out.setdefault('*', []).append(rest.split('.')[0])
+                else: out[a.asname or a.name] = ('name', rest.split('.')[0], a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name != package and not a.name.startswith(package + '.'): continue
+                parts = a.name.split('.')
+                if a.asname: out[a.asname] = ('mod', parts[1]) if len(parts) > 1 else ('pkg',)
+                else: out[package] = ('pkg',)
+    return out
+
+def _references(node, aliases: Mapping, own: Mapping[str, str] | None, names_of: Mapping[str, set]) -> set:
+    "The package's (module, name) pairs `node` refers to: through its imports, or (with `own` {name: module}) its module's own names."
+    import ast
+    refs, stars = set(), aliases.get('*', [])
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            a = aliases.get(n.id)
+            if a and a[0] == 'name': refs.add((a[1], a[2]))
+            elif own and n.id in own: refs.add((own[n.id], n.id))
+            else: refs |= {(m, n.id) for m in stars if n.id in names_of.get(m, ())}
+        elif isinstance(n, ast.Attribute):
+            chain, v = [n.attr], n.value
+            while isinstance(v, ast.Attribute): chain.insert(0, v.attr); v = v.value
+            if not isinstance(v, ast.Name): continue
+            a = aliases.get(v.id)
+            if a and a[0] == 'mod': refs.add((a[1], chain[0]))
+            elif a and a[0] == 'pkg' and len(chain) >= 2: refs.add((chain[0], chain[1]))
+    return refs
+
+def _bound_names(node) -> set[str]:
+    "The module-level names a top-level statement defines (functions, classes, assignments; imports are not definitions here)."
+    import ast
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): return {node.name}
+    if isinstance(node, (ast.Import, ast.ImportFrom)): return set()
+    out = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store): out.add(n.id)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): out.add(n.name)
+    return out
+
+def library_index(lib_dir: str | Path) -> dict[tuple[str, str], tuple[str, set]]:
+    "Every top-level definition of the package in `lib_dir`: (module, name) -> (its code, normalised; the package's names it refers to)."
+    import ast
+    trees = {p.stem: ast.parse(p.read_text(encoding='utf-8')) for p in sorted(Path(lib_dir).glob('*.py')) if not p.stem.startswith('_')}
+    defs = {m: [(node, _bound_names(node)) for node in t.body] for m, t in trees.items()}
+    names_of = {m: set().union(*[b for _, b in d]) if d else set() for m, d in defs.items()}
+    index = {}
+    for m, t in trees.items():
+        aliases, own = _vtd_aliases(t, Path(lib_dir).name), {n: m for n in names_of[m]}
+        for node, bound in defs[m]:
+            if not bound: continue
+            code, refs = ast.unparse(node), _references(node, aliases, own, names_of)
+            for name in bound: index[(m, name)] = (code, refs - {(m, name)})
+    return index
+
+def library_fingerprint(nb: Mapping, lib_dir: str | Path, index: Mapping | None = None) -> dict[str, str]:
+    "A short hash of each library definition lesson `nb` reaches (the names it imports, what they use, and so on): {'module.name': hash}."
+    import ast, hashlib
+    index = index if index is not None else library_index(lib_dir)
+    names_of = {}
+    for m, n in index: names_of.setdefault(m, set()).add(n)
+    trees = []
+    for src in lesson_code(nb):
+        try: trees.append(ast.parse(src))
+        except SyntaxError: pass  # a magic (%, !): no Python names to follow
+    module = ast.Module(body=[s for t in trees for s in t.body], type_ignores=[])
+    todo, seen = list(_references(module, _vtd_aliases(module, Path(lib_dir).name), None, names_of)), {}
+    while todo:
+        key = todo.pop()
+        if key in seen or key not in index: continue
+        code, refs = index[key]
+        seen[key] = hashlib.sha256(code.encode()).hexdigest()[:10]
+        todo += refs
+    return {f'{m}.{n}': h for (m, n), h in sorted(seen.items())}
+
+# %% ../nbs/90_tour.ipynb
+def stored_outputs(nb: Mapping) -> dict | None:
+    "How lesson `nb`'s committed outputs were made (its `OUTPUTS_KEY` metadata), or None when it carries none."
+    has = any(c.get('outputs') for c in nb['cells'] if c['cell_type'] == 'code')
+    meta = nb.get('metadata', {}).get(OUTPUTS_KEY)
+    return None if not (has or meta) else meta or {}
+
+def outputs_staleness(nb: Mapping, lib_dir: str | Path, index: Mapping | None = None) -> list[str]:
+    "Why lesson `nb`'s stored outputs are not those of its code: [] when current (or when it has none: see `stored_outputs`)."
+    meta = stored_outputs(nb)
+    if meta is None: return []
+    if not meta or 'code' not in meta: return ['it carries outputs but no fingerprint of the run that made them']
+    if not any(c.get('outputs') for c in nb['cells'] if c['cell_type'] == 'code'): return ['its fingerprint is there but its outputs are gone']
+    why = []
+    if meta['code'] != code_fingerprint(nb): why.append('its code cells changed since the run')
+    now, then = library_fingerprint(nb, lib_dir, index), meta.get('library', {})
+    changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    if changed: why.append(f"the library code it uses changed: {', '.join(changed[:8])}" + (f" and {len(changed) - 8} more" if len(changed) > 8 else ''))
+    return why
+
+def outputs_report(nbs_dir: str | Path, lib_dir: str | Path | None = None) -> dict[str, dict]:
+    "Per lesson in `nbs_dir`: {'outputs': its stored metadata or None, 'stale': reasons ([] when current)}."
+    nbs_dir = Path(nbs_dir); lib_dir = Path(lib_dir) if lib_dir else nbs_dir.parent / 'vtd'
+    index = library_index(lib_dir) if lib_dir.is_dir() else {}
+    out = {}
+    for p in find_notebooks(nbs_dir):
+        nb = json.loads(p.read_text(encoding='utf-8'))
+        out[p.stem] = {'outputs': stored_outputs(nb), 'stale': outputs_staleness(nb, lib_dir, index)}
+    return out
+
+# %% ../nbs/90_tour.ipynb
+def _widget_outputs(model_id: str, state: Mapping, seen: set | None = None) -> list[dict]:
+    "The outputs a widget holds at the end of the run: its Output widgets' contents, in the order its boxes show them."
+    seen = set() if seen is None else seen
+    m = state.get(model_id)
+    if m is None or model_id in seen: return []
+    seen.add(model_id); s = m.get('state', {})
+    if m.get('model_name') == 'OutputModel': return [dict(o) for o in s.get('outputs', [])]
+    out = []
+    for child in s.get('children', []) if isinstance(s.get('children'), list) else []:
+        out += _widget_outputs(str(child).removeprefix('IPY_MODEL_'), state, seen)
+    return out
+
+def static_widgets(nb: Mapping) -> dict:
+    "Each widget shown by an executed notebook (JSON) replaced by its static fallback, the outputs it last showed; widget state dropped."
+    import copy
+    nb = copy.deepcopy(dict(nb))
+    state = nb.get('metadata', {}).get('widgets', {}).get(WIDGET_STATE, {}).get('state', {})
+    for c in nb['cells']:
+        if 'outputs' not in c: continue
+        outs = []
+        for o in c['outputs']:
+            view = o.get('data', {}).get(WIDGET_VIEW) if o.get('output_type') in ('display_data', 'execute_result') else None
+            if view is None: outs.append(o); continue
+            shown = _widget_outputs(view.get('model_id', ''), state)
+            outs += shown or [{'output_type': 'stream', 'name': 'stdout', 'text': '(an interactive widget: run the notebook to use it)\n'}]
+        c['outputs'] = outs
+    nb.get('metadata', {}).pop('widgets', None)
+    return nb
+
+# %% ../nbs/90_tour.ipynb
+def clean_notebook(nb: Mapping, repo: str | Path) -> str:
+    "Notebook `nb` (JSON) as `nbdev_clean` leaves it with `repo`'s settings.ini (outputs kept, volatile metadata gone), as file text."
+    import configparser, copy
+    from nbdev.clean import clean_nb
+    from execnb.nbio import nb2str
+    cfg = configparser.ConfigParser(); cfg.read(Path(repo) / 'settings.ini'); d = cfg['DEFAULT']
+    nb = copy.deepcopy(dict(nb))
+    clean_nb(nb, d.getboolean('clear_all', False), d.get('allowed_metadata_keys', '').split(),
+             d.get('allowed_cell_metadata_keys', '').split(), d.getboolean('clean_ids', True))
+    nb.get('metadata', {}).pop('widgets', None)  # nbdev keeps widget state; GitHub does not render it, the static fallback stays
+    return nb2str(nb)
+
+def outputs_notebook(source: Mapping, executed: Mapping, meta: Mapping, repo: str | Path) -> str:
+    """Lesson `source` (its JSON in nbs/) carrying the outputs of `executed` (papermill's copy of the same cells), and `meta`
+    under `OUTPUTS_KEY`: tqdm bars as their final text, widgets as their static fallback, cleaned as `nbdev_clean` would."""
+    import copy
+    ran = static_widgets(prepare_executed(executed))
+    by_id = {c.get('id'): c for c in ran['cells']}
+    nb = copy.deepcopy(dict(source))
+    missing = [c.get('id') for c in nb['cells'] if c['cell_type'] == 'code' and c.get('id') not in by_id]
+    if missing: raise ValueError(f"the executed notebook lacks cells {missing[:5]} of the lesson: it ran another version of it")
+    for c in nb['cells']:
+        if c['cell_type'] != 'code': continue
+        r = by_id[c['id']]
+        if _normal_code(''.join(r['source']) if isinstance(r['source'], list) else r['source']) != _normal_code(''.join(c['source'])):
+            raise ValueError(f"cell {c['id']} differs between the lesson and the executed notebook: it ran another version of it")
+        c['outputs'] = r.get('outputs', [])
+    nb.setdefault('metadata', {})[OUTPUTS_KEY] = dict(meta)
+    return clean_notebook(nb, repo)
+
+# %% ../nbs/90_tour.ipynb
+def write_outputs(lesson: str | Path, executed: str | Path, run: Mapping, repo: str | Path, commit: str | None = None,
+                  source_text: str | None = None) -> Path:
+    """Write the outputs of `executed` (a clean full run, `run` as `run_notebook` returns it) into lesson `lesson` in nbs/,
+    with the fingerprint of its code and of the library code it uses, the commit it ran on (default: now), mode, device, seconds.
+    `source_text`: the lesson's file as it was when the run started; if the file changed since, nothing is written."""
+    import datetime
+    lesson, repo = Path(lesson), Path(repo)
+    text = lesson.read_text(encoding='utf-8')
+    if source_text is not None and text != source_text:
+        raise RuntimeError(f"{lesson.name} changed while it ran: its outputs were not written (run it again)")
+    if not run['ok'] or run.get('smoke', True): raise ValueError(f"{lesson.name}: only a clean full-mode run writes outputs")
+    source = json.loads(text)
+    m = machine_info(run.get('device', 'auto'))
+    meta = {'code': code_fingerprint(source), 'library': library_fingerprint(source, repo / 'vtd'), 'commit': commit or git_commit(repo),
+            'mode': 'full', 'device': m['device'], 'machine': _machine_text(m), 'seconds': round(run['seconds'], 1),
+            'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}
+    new = outputs_notebook(source, json.loads(Path(executed).read_text(encoding='utf-8')), meta, repo)
+    lesson.write_text(new, encoding='utf-8')
+    return lesson
+
+# %% ../nbs/90_tour.ipynb
+def site_sources(nbs_dir: str | Path, executed_dir: str | Path, runs: list[dict], record: str | Path | None = None) -> Path:
+    "A folder (`<executed_dir>/site_source`) of the notebooks the site shows: each lesson's committed outputs, else this run's copy."
+    nbs_dir, executed_dir = Path(nbs_dir), Path(executed_dir)
+    dest = executed_dir / 'site_source'; shutil.rmtree(dest, ignore_errors=True); dest.mkdir(parents=True)
+    ran = {r['notebook']: r for r in runs}
+    rec = json.loads(Path(record).read_text()) if record and Path(record).exists() else {'lessons': {}}
+    report = outputs_report(nbs_dir, repo_root(nbs_dir) / 'vtd')
+    summary = []
+    for p in find_notebooks(nbs_dir):
+        meta = report[p.stem]['outputs']
+        if meta is not None:
+            shutil.copy2(p, dest / p.name)
+            summary.append({'notebook': p.name, 'ok': True, 'error': None, 'seconds': meta.get('seconds', 0), 'smoke': False,
+                            'device': meta.get('device'), 'committed': {**meta, 'stale': report[p.stem]['stale']},
+                            'results': rec['lessons'].get(p.stem, {}).get('results', {})})
+        elif (executed_dir / p.name).exists() and p.name in ran:
+            shutil.copy2(executed_dir / p.name, dest / p.name)
+            summary.append({**ran[p.name], 'no_outputs': True})
+    (dest / 'summary.json').write_text(json.dumps(summary, indent=1))
+    return dest
 
 # %% ../nbs/90_tour.ipynb
 HTML_MANAGER_SPEC = '@jupyter-widgets/html-manager@^1.0.0'  # the manager of ipywidgets 8 (widget protocol 2)
@@ -773,11 +1085,18 @@ def _render_lesson(path: Path, work: Path, nbs_dir: Path | None, exporter, site_
             'widgets': WIDGET_STATE in nb.metadata.get('widgets', {}) and bool(nb.metadata['widgets'][WIDGET_STATE].get('state'))}
 
 # %% ../nbs/90_tour.ipynb
+def _committed_how(meta: Mapping) -> str:
+    stale = meta.get('stale')
+    return (f"Outputs committed with the lesson: its {meta.get('mode', '?')} run on {_esc(meta.get('machine', meta.get('device', '?')))}, "
+            f"{meta.get('seconds', 0):.0f} s, commit <code>{_esc(meta.get('commit', '?'))}</code>, {_esc(meta.get('date', '?'))}."
+            + (f" <b>Stale</b>: {_esc('; '.join(stale))}." if stale else ' They are current: the code that made them is the code shown.'))
+
 def _page_top(p: dict, run: Mapping | None) -> str:
     "The heading of a lesson's page: title, description, how it ran, and a banner if nbdev's processing failed."
-    how = '' if run is None else (f"Executed by the tour in {'smoke' if run.get('smoke', True) else 'full'} mode"
+    how = '' if run is None else _committed_how(run['committed']) if run.get('committed') else (f"Executed by the tour in {'smoke' if run.get('smoke', True) else 'full'} mode"
                                   f"{' (device: ' + _esc(run['device']) + ')' if run.get('device') else ''} in {run['seconds']:.0f} s"
-                                  + ('' if run['ok'] else f"; it FAILED: <code>{_esc(run['error'])}</code>") + '.')
+                                  + ('' if run['ok'] else f"; it FAILED: <code>{_esc(run['error'])}</code>") + '.'
+                                  + (' This lesson carries no committed outputs yet, so this page shows this run.' if run.get('no_outputs') else ''))
     banner = (f'<div class="vtd-banner">nbdev\'s docs processing failed, so this page shows the notebook unprocessed '
               f'(no API entries): <code>{_esc(p["error"])}</code></div>') if p['error'] else ''
     return (f'<header class="vtd-top" style="font-family:system-ui,sans-serif;padding:0 1rem"><h1 id="{_esc(p["stem"].lower())}-top">'

@@ -39,6 +39,33 @@ def test_links_between_notebooks_point_at_pages():
     assert out == '<a href="b.html#x">b</a> <a href="b.html">b</a> <a href="09_gone.ipynb">?</a> <a href="https://x.org/a.ipynb">e</a>'
 
 
+def test_the_site_shows_committed_outputs_and_says_when_a_lesson_has_none(tmp_path):
+    "site_sources: a lesson carrying outputs is shown from nbs/ (its page says which run made them, current or stale);"
+    " one without is shown from this tour's smoke run, and its page says so."
+    from vtd.tour import OUTPUTS_KEY, _page_top, clean_notebook, code_fingerprint, library_fingerprint, site_sources
+    nbs, out = tmp_path / 'nbs', tmp_path / 'out'; nbs.mkdir(); out.mkdir()
+    cell = {'cell_type': 'code', 'id': 'c', 'metadata': {}, 'execution_count': None, 'source': 'print(1)',
+            'outputs': [{'output_type': 'stream', 'name': 'stdout', 'text': '1\n'}]}
+    nb = {'cells': [{'cell_type': 'markdown', 'id': 't', 'metadata': {}, 'source': '# Shown'}, cell],
+          'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}}, 'nbformat': 4, 'nbformat_minor': 5}
+    nb['metadata'][OUTPUTS_KEY] = {'code': code_fingerprint(nb), 'library': library_fingerprint(nb, REPO / 'vtd'), 'commit': 'abc1234',
+                                   'mode': 'full', 'device': 'cpu', 'machine': '2 cores, cpu', 'seconds': 42.0, 'date': '2026-12-05 23:00 UTC'}
+    (nbs / '01_shown.ipynb').write_text(clean_notebook(nb, REPO))
+    bare = json.loads(json.dumps(nb)); bare['cells'][1]['outputs'] = []; del bare['metadata'][OUTPUTS_KEY]
+    (nbs / '02_bare.ipynb').write_text(clean_notebook(bare, REPO)); (out / '02_bare.ipynb').write_text(json.dumps(bare))
+    runs = [{'notebook': n, 'ok': True, 'error': None, 'seconds': 3.0, 'smoke': True, 'device': 'cpu', 'results': {}} for n in ('01_shown.ipynb', '02_bare.ipynb')]
+    src = site_sources(nbs, out, runs)
+    summary = {r['notebook']: r for r in json.loads((src / 'summary.json').read_text())}
+    assert (src / '01_shown.ipynb').read_text() == (nbs / '01_shown.ipynb').read_text(), "the committed notebook, not the run's copy"
+    assert summary['01_shown.ipynb']['committed']['stale'] == [] and summary['02_bare.ipynb']['no_outputs']
+    page = {'stem': '01_shown', 'title': 'Shown', 'desc': '', 'error': None}
+    top = _page_top(page, summary['01_shown.ipynb'])
+    assert 'Outputs committed with the lesson: its full run' in top and 'abc1234' in top and 'They are current' in top
+    assert 'carries no committed outputs yet' in _page_top(page | {'stem': '02_bare'}, summary['02_bare.ipynb'])
+    stale = summary['01_shown.ipynb'] | {'committed': summary['01_shown.ipynb']['committed'] | {'stale': ['its code cells changed since the run']}}
+    assert '<b>Stale</b>: its code cells changed' in _page_top(page, stale)
+
+
 def test_build_site_refuses_an_empty_folder_and_a_bad_option(tmp_path):
     with pytest.raises(FileNotFoundError, match='vtd-tour'): build_site(tmp_path, tmp_path / 'site')
     with pytest.raises(ValueError, match='widgets must be'): build_site(tmp_path, tmp_path / 'site', widgets='maybe')

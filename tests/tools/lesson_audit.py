@@ -334,7 +334,8 @@ def table(audits: list[Audit]) -> str:
             '|' + '---|' * 11]
     for a in audits:
         if not a.executed:
-            fig = f"no run; draws in cell {a.figure_cell_in_source}" if a.figure_cell_in_source is not None else 'no run; no drawing cell'
+            fig = (f"no run; draws in cell {a.figure_cell_in_source} ({'yes' if a.figure_on_first_screen else '**no**'}: 0-{a.first_screen_end - 1})"
+                   if a.figure_cell_in_source is not None else 'no run; no drawing cell')
         elif a.first_figure is None: fig = '**none**'
         else: fig = f"{a.first_figure} ({'yes' if a.figure_on_first_screen else '**no**'}: 0-{a.first_screen_end - 1})"
         bars = (f"{a.max_bars}; " + (', '.join(f"{i}: {n}" for i, n in sorted(a.bars.items()) if n > 1) or '-')) if a.executed else 'n/a'

@@ -98,8 +98,9 @@ def _text(x) -> str: return x if isinstance(x, str) else ''.join(x)
 
 
 def source_cells(nb: dict) -> list[dict]:
-    "The cells of the lesson's source: papermill's injected parameters cell removed, so indices match `nbs/`."
-    return [c for c in nb['cells'] if 'injected-parameters' not in c.get('metadata', {}).get('tags', [])]
+    "The cells of the lesson's source: papermill's injected parameters cell (and error banner) removed, so indices match `nbs/`."
+    added = {'injected-parameters', 'papermill-error-cell-tag'}
+    return [c for c in nb['cells'] if not added & set(c.get('metadata', {}).get('tags', []))]
 
 
 def first_screen_end(cells: list[dict]) -> int:

@@ -98,8 +98,9 @@ def _text(x) -> str: return x if isinstance(x, str) else ''.join(x)
 
 
 def source_cells(nb: dict) -> list[dict]:
-    "The cells of the lesson's source: papermill's injected parameters cell removed, so indices match `nbs/`."
-    return [c for c in nb['cells'] if 'injected-parameters' not in c.get('metadata', {}).get('tags', [])]
+    "The cells of the lesson's source: papermill's injected parameters cell (and error banner) removed, so indices match `nbs/`."
+    added = {'injected-parameters', 'papermill-error-cell-tag'}
+    return [c for c in nb['cells'] if not added & set(c.get('metadata', {}).get('tags', []))]
 
 
 def first_screen_end(cells: list[dict]) -> int:
@@ -225,7 +226,7 @@ class Audit:
     def max_bars(self) -> int: return max(self.bars.values(), default=0)
 
 
-DRAWS = r'\bplt\.|\bshow_images\(|\.imshow\(|\bplot_\w+\(|\.plot\(|\bfig(ure)?\b\s*=|show_widget|live_widget'
+DRAWS = r'\bplt\.\w+\(|\bshow_\w+\(|\.imshow\(|\bplot_\w+\(|\.plot\(|\blive_widget\('
 
 
 def audit(nb: dict, lesson: str, executed: bool) -> Audit:
@@ -235,7 +236,8 @@ def audit(nb: dict, lesson: str, executed: bool) -> Audit:
     missing = [name for name, pat in (('what you will learn', r'(?i)what you will learn'), ('what you need', r'(?i)what you need'),
                                       ('time', r'(?i)\*\*time:?\*\*'))
                if not re.search(pat, head)]
-    draws = next((i for i, c in enumerate(cells) if c['cell_type'] == 'code' and re.search(DRAWS, _text(c['source']))), None)
+    code = lambda c: '\n'.join(l for l in _text(c['source']).splitlines() if not re.match(r'\s*(import|from)\s', l))
+    draws = next((i for i, c in enumerate(cells) if c['cell_type'] == 'code' and re.search(DRAWS, code(c))), None)
     a = Audit(lesson, executed, end, missing, draws, undefined=undefined_terms(cells))
     for i, c in enumerate(cells):
         if c['cell_type'] == 'markdown':
@@ -313,9 +315,9 @@ def execute(path: Path, directory: Path = EXECUTED_DIR, timeout: int = 600) -> d
     return json.loads((directory / path.name).read_text())
 
 
-def audit_lesson(path: Path, directory: Path = EXECUTED_DIR, run: bool = False) -> Audit:
+def audit_lesson(path: Path, directory: Path = EXECUTED_DIR, run: bool = False, timeout: int = 600) -> Audit:
     nb = executed_copy(path, directory)
-    if nb is None and run: nb = execute(path, directory)
+    if nb is None and run: nb = execute(path, directory, timeout)
     return audit(nb if nb is not None else json.loads(path.read_text()), path.stem, nb is not None)
 
 
@@ -333,7 +335,8 @@ def table(audits: list[Audit]) -> str:
             '|' + '---|' * 11]
     for a in audits:
         if not a.executed:
-            fig = f"no run; draws in cell {a.figure_cell_in_source}" if a.figure_cell_in_source is not None else 'no run; no drawing cell'
+            fig = (f"no run; draws in cell {a.figure_cell_in_source} ({'yes' if a.figure_on_first_screen else '**no**'}: 0-{a.first_screen_end - 1})"
+                   if a.figure_cell_in_source is not None else 'no run; no drawing cell')
         elif a.first_figure is None: fig = '**none**'
         else: fig = f"{a.first_figure} ({'yes' if a.figure_on_first_screen else '**no**'}: 0-{a.first_screen_end - 1})"
         bars = (f"{a.max_bars}; " + (', '.join(f"{i}: {n}" for i, n in sorted(a.bars.items()) if n > 1) or '-')) if a.executed else 'n/a'
@@ -362,11 +365,12 @@ def main(argv=None):
     ap.add_argument('--dir', type=Path, default=EXECUTED_DIR, help='where the smoke-executed copies are (and go)')
     ap.add_argument('--execute', action='store_true', help='run the missing or stale lessons first (papermill, smoke mode)')
     ap.add_argument('--details', action='store_true', help='list every finding, not only the table')
+    ap.add_argument('--timeout', type=int, default=600, help='seconds a cell may run (with --execute)')
     args = ap.parse_args(argv)
     audits = []
     for path in lessons(args.lessons):
         t0 = time.perf_counter()
-        audits.append(audit_lesson(path, args.dir, args.execute))
+        audits.append(audit_lesson(path, args.dir, args.execute, args.timeout))
         print(f"{path.stem}: audited in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print(table(audits))
     if args.details: print('\n' + '\n\n'.join(details(a) for a in audits))

@@ -794,6 +794,7 @@ def data_limited_summary(study: dict) -> dict:
         r = study['runs'][i]
         best = min(range(len(r['valid'])), key=r['valid'].__getitem__)
         out[model] = dict(dropout=r['dropout'], weight_decay=r['weight_decay'], best_epoch=best + 1, test_at_best=r['test'][best],
+                          test_stderr_at_best=r['test_stderr'][best],
                           test_last=r['test'][-1], test_min=min(r['test']))
     if 'ar' in out:
         ar = study['runs'][study['chosen']['ar']]['test']

@@ -23,7 +23,7 @@ The second corpus is the King James Bible from Debian's `bible-kjv-text` package
     kjv/usr/bin/bible -f -p kjv/usr/lib "gen1:1-rev22:21" | sed -E 's/^[0-9]?[A-Za-z]+[0-9]+:[0-9]+ //' > kjv.txt
 
 The defaults are sized for 2 shared CPU cores (a few minutes per corpus): 8,000 words, V = 500, one layer of 64,
-20 epochs, a grid of two settings (none; dropout 0.2 with weight decay 0.1).
+batches of 8, 30 epochs, a grid of two settings (none; dropout 0.2 with weight decay 0.1).
 
 Writes `data_limited_NAME.json` and `data_limited_NAME.png` to `--out` (default `results/`, tracked: lesson 09
 reads `results/data_limited_tinyshakespeare.json` in its full setting) and prints the summary.
@@ -44,7 +44,8 @@ def main(argv=None):
     ap.add_argument('--corpus-file', default=None, help='a UTF-8 text file (default: the embedded TinyShakespeare)')
     ap.add_argument('--name', default=None, help="the result's name (default tinyshakespeare, or the file's stem)")
     ap.add_argument('--words', type=int, default=8_000, help='the first N space-separated words of the corpus')
-    ap.add_argument('--epochs', type=int, default=20)
+    ap.add_argument('--epochs', type=int, default=30)
+    ap.add_argument('--batch-size', type=int, default=8, help='small batches: many steps per epoch, so AR can overfit within minutes')
     ap.add_argument('--models', nargs='+', default=['ar', 'diffusion', 'block'])
     ap.add_argument('--grid', nargs='+', default=['0,0', '0.2,0.1'], help='dropout,weight_decay pairs')
     ap.add_argument('--vocab-size', type=int, default=500)
@@ -56,12 +57,12 @@ def main(argv=None):
     ap.add_argument('--smoke', action='store_true', help='tiny: 8,000 words, 3 epochs, one setting')
     ap.add_argument('--out', default=str(REPO / 'results'))
     a = ap.parse_args(argv)
-    if a.smoke: a.words, a.epochs, a.grid, a.vocab_size, a.seq_len, a.n_layer, a.n_embd = 8000, 3, ['0,0'], 300, 16, 1, 32
+    if a.smoke: a.words, a.epochs, a.grid, a.vocab_size, a.seq_len, a.n_layer, a.n_embd = 4000, 3, ['0,0'], 200, 16, 1, 32
     text = read_corpus(a.corpus_file) if a.corpus_file else load_text_corpus('tinyshakespeare').text
     name = a.name or (Path(a.corpus_file).stem if a.corpus_file else 'tinyshakespeare') + ('-smoke' if a.smoke else '')
     text = ' '.join(text.split(' ')[:a.words])
     grid = tuple(tuple(float(v) for v in g.split(',')) for g in a.grid)
-    cfg = LMConfig(vocab_size=a.vocab_size, seq_len=a.seq_len, n_layer=a.n_layer, n_head=2, n_embd=a.n_embd, batch_size=32,
+    cfg = LMConfig(vocab_size=a.vocab_size, seq_len=a.seq_len, n_layer=a.n_layer, n_head=2, n_embd=a.n_embd, batch_size=a.batch_size,
                    warmup=10, n_valid=64, valid_fraction=0.2, block_size=a.block_size, lr=a.lr)
     t0 = time.perf_counter()
     study = data_limited_study(text, cfg, models=tuple(a.models), epochs=a.epochs, grid=grid)

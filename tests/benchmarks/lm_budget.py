@@ -73,6 +73,11 @@ def measure(lm, ar, held_text, n_t, n_eval, speed_batches, step_list, seed=0):
     return row
 
 
+def _share(v) -> str:
+    "A gap share as a percentage, or 'undefined' while the AR model is not yet below the unigram floor (lesson 08's rule)."
+    return f"{v:.0%}" if v is not None and math.isfinite(v) else 'undefined (the AR model is not below the unigram floor yet)'
+
+
 LABELS = {'ar': 'autoregressive', 'diffusion': 'masked diffusion (bound)', 'block4': 'block diffusion, 4 (bound)',
           'block16': 'block diffusion, 16 (bound)'}
 
@@ -102,7 +107,7 @@ def markdown_table(report: dict) -> str:
                        + (f" | {jb[f'{S}@{bs[-1]}']:.2f} |" if f'{S}@{bs[-1]}' in jb else ' | |'))
     inf = b['diffusion']['infill']
     goals = report.get('goals', {}).get(first)
-    if goals: out += ["", "Issue 29's goals at " + f"{first} minutes: " + '; '.join(f"{LABELS.get(k, k)} closes {g['gap_share']:.0%} of the gap "
+    if goals: out += ["", "Issue 29's goals at " + f"{first} minutes: " + '; '.join(f"{LABELS.get(k, k)} closes {_share(g['gap_share'])} of the gap "
                       f"(goal 90%), generates at {g['speed_ratio_64']:.2f}x AR's batch-64 words/s at its fastest setting (goal 0.5)" for k, g in goals.items())]
     out += ["", f"Infill ({first}-minute models, 4 blanks in each of {report.get('n_eval', 400)} held-out sequences, judged by the AR "
                 f"model's bits per sequence): true words {inf['ar_bits_true']:.1f}, diffusion fills {inf['ar_bits_diffusion']:.1f}, "
@@ -159,7 +164,7 @@ def main(argv=None):
             print(f"  {k:9s} {r['bits_per_word']:.3f} ± {r['stderr']:.3f} bits/word after {r['steps']} steps ({r['epochs']:.2f} epochs), "
                   f"{r['tokens_per_s']:,.0f} training tokens/s, prompt kept {r['prompt_kept']:.0%}")
             print("            generation words/s: " + ', '.join(f"{k2} {v:,.0f}" for k2, v in r['words_per_s'].items()))
-        for k, v in rows['gap_share'].items(): print(f"  {k} closes {v:.2f} of the unigram-to-AR gap")
+        for k, v in rows['gap_share'].items(): print(f"  {k} closes {_share(v)} of the unigram-to-AR gap")
         inf = rows['diffusion']['infill']
         print(f"  infill (AR bits per sequence): true {inf['ar_bits_true']:.1f}, diffusion fill {inf['ar_bits_diffusion']:.1f}, "
               f"unigram fill {inf['ar_bits_unigram']:.1f}; filled words exactly right {inf['exact']:.1%}")

@@ -131,7 +131,7 @@ def test_readme_module_map_is_what_the_modules_import():
     text = (REPO / 'README.md').read_text()
     section = text.split('## Module map', 1)[1].split('\n## ', 1)[0]
     path = re.findall(r'`(\w+)`', re.search(r'\*\*(`core`.*?)\*\*', section).group(1))
-    assert path == ['core', 'data', 'transformer', 'diffusion', 'visual_tokens', 'lm', 'cli']
+    assert path == ['core', 'data', 'transformer', 'diffusion', 'autoregressive', 'visual_tokens', 'lm', 'cli']
     leaves = {'vq', 'fractal', 'geodesic', 'prior', 'spatial_vae', 'exercises', 'tour'}
     assert all(f'`vtd.{m}`' in section for m in leaves | {'metrics'} | set(path))
     listed = set(path) | leaves | {'metrics'}

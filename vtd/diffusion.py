@@ -443,19 +443,6 @@ def decode_cells(self: PatternDenoiser, cells: torch.Tensor):
     return best.indices.reshape(cells.shape[:-1]), (best.values < 0.5).reshape(cells.shape[:-1])
 
 # %% ../nbs/08_diffusion.ipynb
-# Transitional: the autoregressive baseline moved to `vtd.autoregressive`. Until every importer names its new
-# home (vtd.lm, lesson 09, tests/benchmarks), `from vtd.diffusion import ar_loss` still resolves, lazily
-# (vtd.autoregressive imports this module, so an import at the top would be circular). Remove at the merge.
-_MOVED_TO_AUTOREGRESSIVE = ('make_ar_model', 'ar_loss', 'ar_heldout_bits', 'ar_sample', 'transformer_flops')
-
-def __getattr__(name):
-    if name in _MOVED_TO_AUTOREGRESSIVE:
-        from vtd import autoregressive
-        return getattr(autoregressive, name)
-    raise AttributeError(f"module 'vtd.diffusion' has no attribute {name!r}")
-
-
-# %% ../nbs/08_diffusion.ipynb
 def categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
     """One draw per row of `probs` `[..., K]` (non-negative weights, need not sum to one): inverse-CDF
     sampling in float64 (exact to 1e-16; as exact as `torch.multinomial` and much faster for large K).

@@ -21,7 +21,7 @@ from fastcore.basics import patch
 from .data import DataFileError, Vocabulary, tokenize_words
 from .diffusion import (AbsorbingProcess, PatternDenoiser, TokenDenoiser, ancestral_sample, check_time, heldout_bound,
                            maskgit_sample, masked_diffusion_loss, stratified_times)
-from .diffusion import ar_heldout_bits, ar_loss, ar_sample, make_ar_model   # the autoregressive baseline
+from .autoregressive import ar_heldout_bits, ar_loss, ar_sample, make_ar_model   # the autoregressive baseline
 from .transformer import Transformer, TransformerConfig
 
 # %% auto 0
@@ -737,7 +737,7 @@ def infill(self: VisualTokenLM, text: str, steps: int | None = None, sampler: st
     return r
 
 # %% ../nbs/09_lm.ipynb
-from .diffusion import transformer_flops   # the autoregressive baseline's module may move; this is its FLOP count
+from .autoregressive import transformer_flops
 
 class HeldOutScore(Callback):
     "A second held-out score after every epoch (rank 0): `bits` and `stderr` per epoch of `seqs`, e.g. a test split beside the validation one."

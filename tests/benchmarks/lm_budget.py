@@ -29,7 +29,8 @@ import torch
 
 from vtd.core import get_device
 from vtd.data import load_text_corpus
-from vtd.diffusion import ar_heldout_bits, categorical
+from vtd.diffusion import categorical
+from vtd.autoregressive import ar_heldout_bits
 from vtd.lm import LMConfig, VisualTokenLM, as_sequences, split_corpus
 
 

@@ -1,15 +1,19 @@
 """Every notebook runs, top to bottom, in smoke mode: its assertions are the lesson's checks.
 
 A new `nbs/NN_*.ipynb` is picked up without editing this file."""
-import json, os, time
+import json, os, sys, time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / 'tools'))
+import lesson_audit  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # ar_baseline builds vtd.autoregressive: a library notebook, not a lesson (no number, no record), tested as the lessons are
 LIBRARY_NOTEBOOKS = [REPO / 'nbs' / 'ar_baseline.ipynb']
 NOTEBOOKS = sorted(REPO.glob('nbs/[0-9]*.ipynb')) + LIBRARY_NOTEBOOKS + [REPO / 'nbs' / 'index.ipynb']
+LESSONS = lesson_audit.lessons()
 # Generous per-cell limit: a hung cell fails the test instead of the whole CI run.
 CELL_TIMEOUT = int(os.environ.get('VTD_CELL_TIMEOUT', '300'))
 
@@ -29,8 +33,12 @@ def test_notebook_runs_in_smoke_mode(nb_path, tmp_path):
         params = {'smoke': True}
     os.environ['VTD_RESULTS_DIR'] = str(tmp_path / 'results')
     t0 = time.perf_counter()
-    pm.execute_notebook(str(nb_path), str(tmp_path / nb_path.name), parameters=params, kernel_name='python3',
-                        cwd=str(nb_path.parent), progress_bar=False, execution_timeout=CELL_TIMEOUT)
+    if nb_path in LESSONS:
+        # a lesson runs once: with figures saved as images, into the folder test_notebooks_shape.py audits
+        lesson_audit.execute(nb_path, timeout=CELL_TIMEOUT)
+    else:
+        pm.execute_notebook(str(nb_path), str(tmp_path / nb_path.name), parameters=params, kernel_name='python3',
+                            cwd=str(nb_path.parent), progress_bar=False, execution_timeout=CELL_TIMEOUT)
     print(f"{nb_path.name}: {time.perf_counter() - t0:.1f}s in smoke mode")
     if nb_path.name != 'index.ipynb' and nb_path not in LIBRARY_NOTEBOOKS:
         res = tmp_path / 'results' / f'{nb_path.stem}.json'

@@ -272,25 +272,23 @@ def audit(nb: dict, lesson: str, executed: bool) -> Audit:
 def _sources(nb: dict) -> list[str]: return [_text(c['source']) for c in source_cells(nb)]
 
 
-def library_hash() -> str:
-    "A hash of the library's code (`vtd/*.py`): a lesson's outputs are current only for the library they ran on."
-    import hashlib
-    h = hashlib.sha256()
-    for p in sorted((REPO / 'vtd').glob('*.py')): h.update(p.name.encode()); h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+def library_stamp(nb: dict) -> dict:
+    "What lesson `nb` reaches of the library (vtd.tour's fingerprint, one hash per definition): a smoke copy is current only while this is unchanged."
+    from vtd.tour import library_fingerprint
+    return library_fingerprint(nb, REPO / 'vtd')
 
 
 def executed_copy(path: Path, directory: Path = EXECUTED_DIR) -> dict | None:
     "The smoke-executed copy of the lesson at `path` in `directory`, or None where it is missing or stale."
     copy = directory / path.name
     if not copy.exists(): return None
-    nb = json.loads(copy.read_text())
-    if nb.get('metadata', {}).get('lesson_audit', {}).get('library') != library_hash(): return None
-    return nb if _sources(nb) == _sources(json.loads(path.read_text())) else None
+    nb, source = json.loads(copy.read_text()), json.loads(path.read_text())
+    if nb.get('metadata', {}).get('lesson_audit', {}).get('library') != library_stamp(source): return None
+    return nb if _sources(nb) == _sources(source) else None
 
 
-def stamp(copy: Path, library: str):
-    "Mark an executed copy as run on the library whose hash is `library`."
+def stamp(copy: Path, library: dict):
+    "Mark an executed copy as run on the library definitions fingerprinted by `library` (see `library_stamp`)."
     nb = json.loads(copy.read_text())
     nb.setdefault('metadata', {})['lesson_audit'] = {'library': library}
     copy.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
@@ -300,7 +298,7 @@ def execute(path: Path, directory: Path = EXECUTED_DIR, timeout: int = 600) -> d
     "Run the lesson in smoke mode with papermill into `directory` (figures as images: matplotlib's inline backend)."
     import papermill as pm, tempfile
     directory.mkdir(parents=True, exist_ok=True)
-    library = library_hash()   # taken before the run: a library edited while it runs leaves the copy stale
+    library = library_stamp(json.loads(path.read_text()))   # taken before the run: a library edited while it runs leaves the copy stale
     old = {k: os.environ.get(k) for k in ('MPLBACKEND', 'VTD_RESULTS_DIR')}
     os.environ['MPLBACKEND'] = 'module://matplotlib_inline.backend_inline'   # the kernel inherits it: figures become PNGs
     os.environ['VTD_RESULTS_DIR'] = old['VTD_RESULTS_DIR'] or tempfile.mkdtemp(prefix='vtd-audit-results-')

@@ -30,7 +30,7 @@ class FractalConfig(Config):
     ifs_epochs: int = 8         # epochs of the broken render objective
     ifs_train_n: int = 6656     # training patches the broken pipeline sees
     ifs_steps: int = 20         # chaos-game steps of 500 points each, per render
-    best_n_patches: int = 128   # patches whose IFS maps we optimise directly
+    best_n_patches: int = 64    # patches whose IFS maps we optimise directly (its cost grows with them)
     best_adam_steps: int = 200  # Adam steps of that direct optimisation
     best_random_k: int = 512    # random map sets tried per patch (derivative-free)
     mlp_epochs: int = 30        # per-patch MLP decoder

@@ -199,7 +199,7 @@ def tour_main(argv: list[str] | None = None) -> int:
     print(); print(table)
     if a.write_outputs: print(f"\noutputs written into {nbs_dir}: {', '.join(written) or 'none'}")
     record = a.record or (None if a.nbs else repo / RECORD)
-    if a.full and not a.no_record and record is not None: _record_and_report(runs, record, nbs_dir, a.device)
+    if a.full and not a.no_record and record is not None: _record_and_report(runs, record, nbs_dir, a.device, commit)
     if a.site:
         site = build_site(site_sources(nbs_dir, out, runs, record), out / 'site', nbs_dir=nbs_dir, record=record)
         print(f"\nsite: {len(site['pages'])} pages in {a.out / 'site'}/ (widgets: {site['widgets_note']}; search: {site['search_note']}); "
@@ -376,9 +376,10 @@ def results_page_markdown(table: str) -> str:
             'updates one). Every recorded figure is in `results/full.json`.\n\n' + table + '\n')
 
 # %% ../nbs/90_tour.ipynb
-def _record_and_report(runs, record: Path, nbs_dir: Path, device: str):
+def _record_and_report(runs, record: Path, nbs_dir: Path, device: str, commit: str | None = None):
+    "Update the record with `runs`, made on `commit` (taken before the run: written outputs would make the tree look dirty)."
     repo = repo_root(nbs_dir)
-    done = update_record(record, runs, machine_info(device), git_commit(repo))
+    done = update_record(record, runs, machine_info(device), commit or git_commit(repo))
     print(f"\nrecord of full runs {record}: updated {', '.join(done) or 'nothing (no lesson ran cleanly)'}")
     if done and record.resolve() == (repo / RECORD).resolve():
         print('regenerated ' + ', '.join(str(p.relative_to(repo)) for p in write_results(repo)))

@@ -298,7 +298,7 @@ def antithetic_bound(loss_at, data: torch.Tensor, n_t: int = 8, batch_size: int 
     for b in range(0, len(data), batch_size):
         x0 = data[b:b + batch_size].to(device)
         shape = (len(x0),) if times_per_seq is None else (len(x0), times_per_seq)
-        u = (torch.arange(half).view(-1, *[1] * len(shape)) + torch.rand(half, *shape, generator=g)) / half   # one stratum per row
+        u = (torch.arange(half, device='cpu').view(-1, *[1] * len(shape)) + torch.rand(half, *shape, generator=g, device='cpu')) / half   # one stratum per row
         acc = torch.zeros(len(x0), dtype=dtype, device=device)
         for uu in torch.cat([u, 1 - u]): acc += loss_at(x0, uu, g, slice(b, b + len(x0))).to(dtype)
         per_seq.append(acc / n_t)

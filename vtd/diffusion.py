@@ -18,8 +18,8 @@ from .metrics import distinct_n, unigram_entropy_bits  # the generation yardstic
 
 # %% auto 0
 __all__ = ['check_time', 'LogLinearSchedule', 'CosineSchedule', 'DiscreteProcess', 'AbsorbingProcess', 'UniformProcess',
-           'stratified_times', 'masked_diffusion_loss', 'discrete_time_loss', 'heldout_bound', 'TokenDenoiser',
-           'PatternEmbedding', 'PatternDenoiser', 'categorical', 'ancestral_sample', 'maskgit_sample']
+           'stratified_times', 'masked_diffusion_loss', 'discrete_time_loss', 'heldout_bound', 'antithetic_bound',
+           'TokenDenoiser', 'PatternEmbedding', 'PatternDenoiser', 'categorical', 'ancestral_sample', 'maskgit_sample']
 
 # %% ../nbs/08_diffusion.ipynb
 def check_time(t, name: str = 't') -> torch.Tensor:
@@ -274,27 +274,36 @@ def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | 
     if labels is not None and len(labels) != len(data): raise ValueError(f"{len(data)} sequences but {len(labels)} labels")
     if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
     if T is None and process.kind != 'absorbing': raise ValueError("the continuous-time bound here is for the absorbing process; pass T")
-    g = torch.Generator().manual_seed(seed)   # on the CPU: the same times and masks on every device
     dev = module_device(denoiser)
+    lab = None if labels is None else labels.to(dev)
+    def loss_at(x0, t, g, rows):   # each sequence's loss at its own time t (nats per token)
+        if T is not None: return discrete_time_loss(denoiser, process, x0, T, step=torch.ceil(t * T).clamp(1, T).long(), generator=g, reduction='none')
+        return masked_diffusion_loss(denoiser, process, x0, t=t.clamp(1e-6, 1.0), generator=g, reduction='none',
+                                     class_label=None if lab is None else lab[rows], **({} if score is None else {'score': score}))
     was_training = denoiser.training; denoiser.eval()
-    per_seq = []
+    try: r = antithetic_bound(loss_at, data, n_t, batch_size=batch_size, seed=seed, device=dev, dtype=_real(dev))
+    finally: denoiser.train(was_training)
+    return dict(r, T=T)
+
+@torch.no_grad()
+def antithetic_bound(loss_at, data: torch.Tensor, n_t: int = 8, batch_size: int = 64, seed: int = 0, times_per_seq: int | None = None,
+                     device=None, dtype=torch.float64) -> dict:
+    """The estimator behind every held-out bound here (masked diffusion, discrete time, block diffusion): for each batch
+    `x0` of `data`, `n_t` times per sequence (or per each of its `times_per_seq` parts, e.g. blocks), stratified in
+    antithetic pairs (t, 1 - t) and drawn on the CPU from one seeded generator, so that every device sees the same times;
+    `loss_at(x0, t, generator, rows)` returns each sequence's loss in nats per token at times `t` (`rows`: the batch's
+    slice of `data`). Returns the mean in bits per token and its standard error over sequences."""
+    if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
+    g, half, per_seq = torch.Generator().manual_seed(seed), n_t // 2, []
     for b in range(0, len(data), batch_size):
-        x0 = data[b:b + batch_size].to(dev); B = len(x0)
-        acc = torch.zeros(B, dtype=_real(dev), device=dev)
-        half = n_t // 2
-        u = (torch.arange(half, device='cpu')[:, None] + torch.rand(half, B, generator=g, device='cpu')) / half   # [half, B]: one stratum per row
-        for uu in torch.cat([u, 1 - u]):                                               # uu: one time per sequence
-            if T is None:
-                lab = None if labels is None else labels[b:b + batch_size].to(dev)
-                acc += masked_diffusion_loss(denoiser, process, x0, t=uu.clamp(1e-6, 1.0), generator=g, reduction='none',
-                                             class_label=lab, **({} if score is None else {'score': score})).to(acc.dtype)
-            else:
-                step = torch.ceil(uu * T).clamp(1, T).long()
-                acc += discrete_time_loss(denoiser, process, x0, T, step=step, generator=g, reduction='none').to(acc.dtype)
+        x0 = data[b:b + batch_size].to(device)
+        shape = (len(x0),) if times_per_seq is None else (len(x0), times_per_seq)
+        u = (torch.arange(half, device='cpu').view(-1, *[1] * len(shape)) + torch.rand(half, *shape, generator=g, device='cpu')) / half   # one stratum per row
+        acc = torch.zeros(len(x0), dtype=dtype, device=device)
+        for uu in torch.cat([u, 1 - u]): acc += loss_at(x0, uu, g, slice(b, b + len(x0))).to(dtype)
         per_seq.append(acc / n_t)
-    denoiser.train(was_training)
     v = torch.cat(per_seq).cpu().double() / math.log(2)
-    return dict(bits_per_token=v.mean().item(), stderr=(v.std() / math.sqrt(len(v))).item(), n_t=n_t, T=T, n_seqs=len(v))
+    return dict(bits_per_token=v.mean().item(), stderr=(v.std() / math.sqrt(len(v))).item(), n_t=n_t, n_seqs=len(v))
 
 # %% ../nbs/08_diffusion.ipynb
 def _check_token_score(score):

@@ -19,7 +19,7 @@ from .core import (Callback, CheckpointCB, Config, CheckpointError, DDPCB, GradC
 from fastcore.basics import patch
 
 from .data import DataFileError, Vocabulary, tokenize_words
-from .diffusion import (AbsorbingProcess, PatternDenoiser, TokenDenoiser, ancestral_sample, check_time, heldout_bound,
+from .diffusion import (AbsorbingProcess, PatternDenoiser, TokenDenoiser, ancestral_sample, antithetic_bound, check_time, heldout_bound,
                            maskgit_sample, masked_diffusion_loss, stratified_times)
 from .autoregressive import ar_heldout_bits, ar_loss, ar_sample, make_ar_model   # the autoregressive baseline
 from .transformer import Transformer, TransformerConfig
@@ -276,20 +276,12 @@ def block_diffusion_loss(denoiser: BlockDenoiser, process: AbsorbingProcess, x0:
 def block_heldout_bound(denoiser: BlockDenoiser, process, data: torch.Tensor, n_t: int = 8, batch_size: int = 64, seed: int = 0) -> dict:
     """`heldout_bound` for block diffusion, in bits per token: each block of each sequence draws its own `n_t` noise
     levels, stratified in antithetic pairs, so the standard error over sequences includes the variance in t."""
-    if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
-    g = torch.Generator().manual_seed(seed)
     dev = module_device(denoiser)
+    def loss_at(x0, t, g, rows): return block_diffusion_loss(denoiser, process, x0, t=t.clamp(1e-6, 1.0), generator=g, reduction='none')
     was = denoiser.training; denoiser.eval()
-    per_seq, half = [], n_t // 2
-    for b in range(0, len(data), batch_size):
-        x0 = data[b:b + batch_size].to(dev); B, nb = len(x0), x0.shape[1] // denoiser.block
-        u = (torch.arange(half)[:, None, None] + torch.rand(half, B, nb, generator=g)) / half
-        acc = sum(block_diffusion_loss(denoiser, process, x0, t=uu.clamp(1e-6, 1.0), generator=g, reduction='none').double()
-                  for uu in torch.cat([u, 1 - u]))
-        per_seq.append(acc / n_t)
-    denoiser.train(was)
-    v = torch.cat(per_seq).cpu().double() / math.log(2)
-    return dict(bits_per_token=v.mean().item(), stderr=(v.std() / math.sqrt(len(v))).item(), n_t=n_t, T=None, n_seqs=len(v))
+    try: r = antithetic_bound(loss_at, data, n_t, batch_size=batch_size, seed=seed, times_per_seq=data.shape[1] // denoiser.block, device=dev)
+    finally: denoiser.train(was)
+    return dict(r, T=None)
 
 class _CachedBlock(nn.Module):
     """What 08's samplers call a denoiser, for one block of block diffusion: the block's tokens read beside the key/value

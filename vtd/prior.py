@@ -32,7 +32,7 @@ class PriorConfig(Config):
     n_embd: int = 96
     dropout: float = 0.1
     p_uncond: float = 0.2        # share of class tokens replaced by BOS in training (classifier-free guidance)
-    epochs: int = 2              # passes over the training grids
+    epochs: int = 4              # passes over the training grids
     batch_size: int = 256
     lr: float = 2e-3
     n_train: int | None = None

@@ -535,3 +535,19 @@ def test_samplers_take_the_pattern_scoring_as_an_argument():
     tok = TokenDenoiser(V, L, n_layer=1, n_head=2, n_embd=32)
     with pytest.raises(ValueError, match='PatternDenoiser'):
         ancestral_sample(tok, A, 2, L, 2, score='vocabulary')
+
+
+def test_antithetic_bound_pairs_each_time_with_its_mirror():
+    "A loss equal to the time drawn averages to exactly 1/2 per sequence (each t meets 1 - t), per block too; odd n_t is refused."
+    from vtd.diffusion import antithetic_bound
+    data = torch.zeros(10, 8, dtype=torch.long)
+    seen = []
+    def loss_at(x0, t, g, rows):
+        seen.append(t.clone())
+        return t if t.ndim == 1 else t.mean(1)
+    for parts in (None, 4):
+        r = antithetic_bound(loss_at, data, n_t=6, batch_size=4, times_per_seq=parts)
+        assert r['n_seqs'] == 10 and r['n_t'] == 6
+        assert math.isclose(r['bits_per_token'], 0.5 / math.log(2), rel_tol=1e-6) and r['stderr'] < 1e-6   # times are float32
+    assert len({round(float(t.flatten()[0]), 6) for t in seen}) > 3   # the times vary: stratified draws, not one fixed t
+    with pytest.raises(ValueError, match='even number'): antithetic_bound(loss_at, data, n_t=3)

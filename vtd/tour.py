@@ -376,10 +376,10 @@ def results_page_markdown(table: str) -> str:
             'updates one). Every recorded figure is in `results/full.json`.\n\n' + table + '\n')
 
 # %% ../nbs/90_tour.ipynb
-def _record_and_report(runs, record: Path, nbs_dir: Path, device: str, commit: str | None = None):
+def _record_and_report(runs, record: Path, nbs_dir: Path, device: str, commit: str):
     "Update the record with `runs`, made on `commit` (taken before the run: written outputs would make the tree look dirty)."
     repo = repo_root(nbs_dir)
-    done = update_record(record, runs, machine_info(device), commit or git_commit(repo))
+    done = update_record(record, runs, machine_info(device), commit)
     print(f"\nrecord of full runs {record}: updated {', '.join(done) or 'nothing (no lesson ran cleanly)'}")
     if done and record.resolve() == (repo / RECORD).resolve():
         print('regenerated ' + ', '.join(str(p.relative_to(repo)) for p in write_results(repo)))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from vtd.core import cache_root
 from vtd.data import (DEBIAN_FASHION_DIR, DataFileError, Vocabulary, load_embedded_fashion_mnist, load_fashion_mnist, load_image_data,
                       load_text_corpus, photo_patches, read_corpus, read_idx, tokenize_words, FASHION_CLASSES, FASHION_FILES)
 
@@ -95,7 +96,9 @@ def test_newcomer_gets_the_embedded_subset_in_both_modes(newcomer, capsys):
     assert load_image_data(smoke=True).embedded
     full = load_image_data(smoke=False)
     assert full.embedded and len(full.x_train) == 10000
-    assert 'full FashionMNIST not found' in capsys.readouterr().out   # it says which data it used, and why
+    out = capsys.readouterr().out
+    assert 'full FashionMNIST not found' in out   # it says which data it used, and why
+    assert str(cache_root()) not in out   # and no folder of this machine: a committed lesson prints the line
 
 
 @pytest.mark.parametrize('where', ['root', 'VTD_DATA', 'VTD_DATA parent', 'debian', 'cache'])

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vtd.diffusion import (AbsorbingProcess, UniformProcess, LogLinearSchedule, CosineSchedule, TokenDenoiser,
                            PatternDenoiser, masked_diffusion_loss, discrete_time_loss, heldout_bound, ancestral_sample,
@@ -538,16 +539,20 @@ def test_samplers_take_the_pattern_scoring_as_an_argument():
 
 
 def test_antithetic_bound_pairs_each_time_with_its_mirror():
-    "A loss equal to the time drawn averages to exactly 1/2 per sequence (each t meets 1 - t), per block too; odd n_t is refused."
+    """A loss equal to the time drawn averages to exactly 1/2 per sequence (each t meets 1 - t), per block too; the model
+    is scored in eval mode and left in the mode it came in; odd n_t is refused."""
     from vtd.diffusion import antithetic_bound
     data = torch.zeros(10, 8, dtype=torch.long)
-    seen = []
+    model, seen, modes = nn.Linear(1, 1), [], []
     def loss_at(x0, t, g, rows):
-        seen.append(t.clone())
+        seen.append(t.clone()); modes.append(model.training)
         return t if t.ndim == 1 else t.mean(1)
     for parts in (None, 4):
-        r = antithetic_bound(loss_at, data, n_t=6, batch_size=4, times_per_seq=parts)
+        r = antithetic_bound(model.train(), loss_at, data, n_t=6, batch_size=4, times_per_seq=parts)
         assert r['n_seqs'] == 10 and r['n_t'] == 6
         assert math.isclose(r['bits_per_token'], 0.5 / math.log(2), rel_tol=1e-6) and r['stderr'] < 1e-6   # times are float32
+        assert model.training and modes and not any(modes)   # eval mode inside, training mode restored after
     assert len({round(float(t.flatten()[0]), 6) for t in seen}) > 3   # the times vary: stratified draws, not one fixed t
-    with pytest.raises(ValueError, match='even number'): antithetic_bound(loss_at, data, n_t=3)
+    with pytest.raises(ValueError, match='even number'): antithetic_bound(model, loss_at, data, n_t=3)
+    with pytest.raises(RuntimeError, match='planted'): antithetic_bound(model.train(), lambda *a: (_ for _ in ()).throw(RuntimeError('planted')), data)
+    assert model.training   # restored on an error too

@@ -161,7 +161,12 @@ def load_image_data(*, smoke: bool = False, root: str | Path | None = None, down
     if not smoke:
         try: return load_fashion_mnist(root, download=download, verbose=verbose)
         except FileNotFoundError as e:
-            if verbose: print(f"full FashionMNIST not found ({e}); using the subset embedded in vtd")
+            # the exception names this machine's folders: printed in a lesson, they would be the recording machine's
+            if verbose and os.environ.get('VTD_DATA') == EMBEDDED_ONLY: print("VTD_DATA=embedded: using the subset embedded in vtd")
+            elif verbose:
+                why = f"the download failed ({type(e.__cause__).__name__})" if e.__cause__ else "downloading is off"
+                print(f"full FashionMNIST not found (not in $VTD_DATA, Debian's dataset-fashion-mnist or vtd's cache; {why}); "
+                      "using the subset embedded in vtd (load_fashion_mnist() raises naming the folders it tried)")
     d = load_embedded_fashion_mnist()
     if verbose: print(f"images: {d.summary}")
     return d

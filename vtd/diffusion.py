@@ -272,36 +272,36 @@ def heldout_bound(denoiser, process, data: torch.Tensor, n_t: int = 8, T: int | 
     if score is not None and T is not None: raise ValueError("score= is supported for the continuous-time bound (T=None)")
     if labels is not None and T is not None: raise ValueError("class labels are supported for the continuous-time bound (T=None)")
     if labels is not None and len(labels) != len(data): raise ValueError(f"{len(data)} sequences but {len(labels)} labels")
-    if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
     if T is None and process.kind != 'absorbing': raise ValueError("the continuous-time bound here is for the absorbing process; pass T")
-    dev = module_device(denoiser)
-    lab = None if labels is None else labels.to(dev)
+    lab = None if labels is None else labels.to(module_device(denoiser))
     def loss_at(x0, t, g, rows):   # each sequence's loss at its own time t (nats per token)
         if T is not None: return discrete_time_loss(denoiser, process, x0, T, step=torch.ceil(t * T).clamp(1, T).long(), generator=g, reduction='none')
         return masked_diffusion_loss(denoiser, process, x0, t=t.clamp(1e-6, 1.0), generator=g, reduction='none',
                                      class_label=None if lab is None else lab[rows], **({} if score is None else {'score': score}))
-    was_training = denoiser.training; denoiser.eval()
-    try: r = antithetic_bound(loss_at, data, n_t, batch_size=batch_size, seed=seed, device=dev, dtype=_real(dev))
-    finally: denoiser.train(was_training)
-    return dict(r, T=T)
+    return dict(antithetic_bound(denoiser, loss_at, data, n_t, batch_size=batch_size, seed=seed), T=T)
 
 @torch.no_grad()
-def antithetic_bound(loss_at, data: torch.Tensor, n_t: int = 8, batch_size: int = 64, seed: int = 0, times_per_seq: int | None = None,
-                     device=None, dtype=torch.float64) -> dict:
+def antithetic_bound(model: nn.Module, loss_at, data: torch.Tensor, n_t: int = 8, batch_size: int = 64, seed: int = 0,
+                     times_per_seq: int | None = None) -> dict:
     """The estimator behind every held-out bound here (masked diffusion, discrete time, block diffusion): for each batch
     `x0` of `data`, `n_t` times per sequence (or per each of its `times_per_seq` parts, e.g. blocks), stratified in
     antithetic pairs (t, 1 - t) and drawn on the CPU from one seeded generator, so that every device sees the same times;
     `loss_at(x0, t, generator, rows)` returns each sequence's loss in nats per token at times `t` (`rows`: the batch's
-    slice of `data`). Returns the mean in bits per token and its standard error over sequences."""
+    slice of `data`). `model` (whose loss it is) runs in eval mode on its own device, its mode restored after; the sums are
+    in float64 (float32 on MPS). Returns the mean in bits per token and its standard error over sequences."""
     if n_t < 2 or n_t % 2: raise ValueError(f"n_t must be an even number >= 2 (antithetic pairs), got {n_t}")
-    g, half, per_seq = torch.Generator().manual_seed(seed), n_t // 2, []
-    for b in range(0, len(data), batch_size):
-        x0 = data[b:b + batch_size].to(device)
-        shape = (len(x0),) if times_per_seq is None else (len(x0), times_per_seq)
-        u = (torch.arange(half, device='cpu').view(-1, *[1] * len(shape)) + torch.rand(half, *shape, generator=g, device='cpu')) / half   # one stratum per row
-        acc = torch.zeros(len(x0), dtype=dtype, device=device)
-        for uu in torch.cat([u, 1 - u]): acc += loss_at(x0, uu, g, slice(b, b + len(x0))).to(dtype)
-        per_seq.append(acc / n_t)
+    device, g, half, per_seq = module_device(model), torch.Generator().manual_seed(seed), n_t // 2, []
+    dtype = _real(device)
+    was_training = model.training; model.eval()
+    try:
+        for b in range(0, len(data), batch_size):
+            x0 = data[b:b + batch_size].to(device)
+            shape = (len(x0),) if times_per_seq is None else (len(x0), times_per_seq)
+            u = (torch.arange(half, device='cpu').view(-1, *[1] * len(shape)) + torch.rand(half, *shape, generator=g, device='cpu')) / half   # one stratum per row
+            acc = torch.zeros(len(x0), dtype=dtype, device=device)
+            for uu in torch.cat([u, 1 - u]): acc += loss_at(x0, uu, g, slice(b, b + len(x0))).to(dtype)
+            per_seq.append(acc / n_t)
+    finally: model.train(was_training)
     v = torch.cat(per_seq).cpu().double() / math.log(2)
     return dict(bits_per_token=v.mean().item(), stderr=(v.std() / math.sqrt(len(v))).item(), n_t=n_t, n_seqs=len(v))
 

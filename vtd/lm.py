@@ -276,12 +276,8 @@ def block_diffusion_loss(denoiser: BlockDenoiser, process: AbsorbingProcess, x0:
 def block_heldout_bound(denoiser: BlockDenoiser, process, data: torch.Tensor, n_t: int = 8, batch_size: int = 64, seed: int = 0) -> dict:
     """`heldout_bound` for block diffusion, in bits per token: each block of each sequence draws its own `n_t` noise
     levels, stratified in antithetic pairs, so the standard error over sequences includes the variance in t."""
-    dev = module_device(denoiser)
     def loss_at(x0, t, g, rows): return block_diffusion_loss(denoiser, process, x0, t=t.clamp(1e-6, 1.0), generator=g, reduction='none')
-    was = denoiser.training; denoiser.eval()
-    try: r = antithetic_bound(loss_at, data, n_t, batch_size=batch_size, seed=seed, times_per_seq=data.shape[1] // denoiser.block, device=dev)
-    finally: denoiser.train(was)
-    return dict(r, T=None)
+    return dict(antithetic_bound(denoiser, loss_at, data, n_t, batch_size=batch_size, seed=seed, times_per_seq=data.shape[1] // denoiser.block), T=None)
 
 class _CachedBlock(nn.Module):
     """What 08's samplers call a denoiser, for one block of block diffusion: the block's tokens read beside the key/value

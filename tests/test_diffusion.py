@@ -554,5 +554,6 @@ def test_antithetic_bound_pairs_each_time_with_its_mirror():
         assert model.training and modes and not any(modes)   # eval mode inside, training mode restored after
     assert len({round(float(t.flatten()[0]), 6) for t in seen}) > 3   # the times vary: stratified draws, not one fixed t
     with pytest.raises(ValueError, match='even number'): antithetic_bound(model, loss_at, data, n_t=3)
-    with pytest.raises(RuntimeError, match='planted'): antithetic_bound(model.train(), lambda *a: (_ for _ in ()).throw(RuntimeError('planted')), data)
+    def failing_loss(x0, t, g, rows): raise RuntimeError('planted')
+    with pytest.raises(RuntimeError, match='planted'): antithetic_bound(model.train(), failing_loss, data)
     assert model.training   # restored on an error too

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .core import (Callback, CheckpointCB, Config, CheckpointError, DDPCB, GradClipCB, InterruptCB, Learner,
                       LRScheduleCB, ProgressCB, TimeBudgetCB, batches, cached, get_device, load_checkpoint,
-                      decay_groups, module_device, save_checkpoint, seed_everything, warmup_cosine)
+                      decay_groups, save_checkpoint, seed_everything, warmup_cosine)
 from fastcore.basics import patch
 
 from .data import DataFileError, Vocabulary, tokenize_words

@@ -116,6 +116,19 @@ def test_tour_reports_a_failing_notebook_and_runs_the_others(tmp_path):
     assert '02_bad' in table and 'FAILED' in table and 'deliberate failure' in table
 
 
+@pytest.mark.notebook
+def test_a_finished_run_leaves_one_line_of_text_in_the_saved_notebook(tmp_path):
+    "A closed bar collapses to its last text (the run's total, not the '0it' it was drawn with), and no widget stays."
+    import nbformat, papermill as pm
+    _write_nb(tmp_path / 'bar.ipynb', "import torch\nfrom vtd.core import fit, batches\nm = torch.nn.Linear(3, 1)\n"
+              "fit(m, lambda m, b: m(b).pow(2).mean(), batches(torch.randn(64, 3), batch_size=8), epochs=2, desc='demo')")
+    pm.execute_notebook(str(tmp_path / 'bar.ipynb'), str(tmp_path / 'out.ipynb'), kernel_name='python3', progress_bar=False)
+    outs = nbformat.read(str(tmp_path / 'out.ipynb'), as_version=4).cells[-1].outputs
+    bars = [o for o in outs if 'demo' in str(o.get('data', {}).get('text/plain', ''))]
+    assert len(bars) == 1, outs
+    assert set(bars[0]['data']) == {'text/plain'} and '16/16' in bars[0]['data']['text/plain'], bars[0]
+
+
 def test_get_device_auto_and_errors():
     assert get_device('auto') == get_device(None) == get_device()
     assert get_device('cpu') == torch.device('cpu')

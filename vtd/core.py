@@ -193,9 +193,29 @@ def _in_notebook() -> bool:
     except Exception: return False
 
 def progress(it: Iterable, total: int | None = None, desc: str | None = None, disable: bool = False, leave: bool = False):
-    "The one progress bar of the library: tqdm (a widget in notebooks, text in a terminal), redrawn at most once a second."
+    """The one progress bar of the library: tqdm (a widget in notebooks, text in a terminal), redrawn at most once a
+    second. In a notebook a bar that is not kept (`leave=False`) collapses, when closed, to its last line of text."""
     from tqdm.auto import tqdm
-    return tqdm(it, total=total, desc=desc, disable=disable, leave=leave, mininterval=1.0)
+    from tqdm.notebook import tqdm_notebook
+    if leave or disable or not issubclass(tqdm, tqdm_notebook):
+        return tqdm(it, total=total, desc=desc, disable=disable, leave=leave, mininterval=1.0)
+    return _collapsing_bar()(it, total=total, desc=desc, mininterval=1.0)
+
+def _collapsing_bar():
+    """tqdm's notebook bar, shown under a display id and replaced by its final text when closed: a closed widget
+    would otherwise stay in the saved notebook as its first text ("0it"), one stale bar per run."""
+    from IPython.display import display
+    from tqdm.notebook import tqdm_notebook
+    class CollapsingBar(tqdm_notebook):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, display=False, leave=False, **kwargs)
+            self.handle, self.displayed = display(self.container, display_id=True), True
+        def close(self):
+            if self.disable or self.handle is None: return super().close()
+            text = str(self) + (' (stopped)' if self.total and self.n < self.total else '')
+            super().close()
+            self.handle.update({'text/plain': text}, raw=True); self.handle = None
+    return CollapsingBar
 
 class Permutations(torch.utils.data.Sampler):
     """A fresh `torch.randperm` of `n` rows each pass, drawn from `generator`: exactly the order of the
@@ -248,12 +268,12 @@ class ProgressCB(Callback):
     order = -20
     def __init__(self, desc: str | None = None, postfix: Callable | None = None, disable: bool = False, total: int | None = None):
         self.desc, self.postfix, self.disable, self.total, self.bar = desc, postfix, disable, total, None
-    def before_fit(self, learn):
-        self.bar = progress(None, total=self.total, desc=self.desc or learn.desc, disable=self.disable)
-        self.bar.update(learn.step)
     def before_epoch(self, learn):
-        if learn.epochs is not None and learn.n_batches is not None and self.bar.total is None:
-            self.bar.total = learn.epochs * learn.n_batches; self.bar.refresh()
+        if self.bar is not None: return
+        # made at the first epoch, when the number of batches is known: a bar shown before its total stays "0it"
+        total = self.total or (learn.epochs * learn.n_batches if learn.epochs and learn.n_batches else None)
+        self.bar = progress(None, total=total, desc=self.desc or learn.desc, disable=self.disable)
+        self.bar.update(learn.step)
     def after_batch(self, learn):
         self.bar.update(1)
         text = f"epoch {learn.epoch + 1}" + (f"/{learn.epochs}" if learn.epochs else '') + f", loss {learn.loss.item():.3f}"

@@ -118,6 +118,19 @@ def test_minilm_features_offline(tmp_path):
     assert torch.allclose(cached_text_features(['king', 'queen', 'apple'], cache_dir=tmp_path), g)
 
 
+def test_loading_the_encoder_draws_no_bar_and_leaves_transformers_bars_as_they_were(capfd):
+    "transformers 5 draws a 'Loading weights' bar for every model it loads: in a lesson it was a stray bar in the output."
+    from transformers.utils import logging as hf_logging
+    import vtd.visual_tokens as vt
+    path = str(vt.minilm_model_dir())
+    vt._TEXT_MODELS.pop(path, None)                      # load it afresh, as a new process would
+    assert hf_logging.is_progress_bar_enabled()
+    text_features(['king'])
+    out, err = capfd.readouterr()
+    assert 'Loading weights' not in out + err, err[-500:]
+    assert hf_logging.is_progress_bar_enabled(), "the loader must restore transformers' bars for the user's own loads"
+
+
 def test_clip_backend_save_pretrained_round_trip(tmp_path):
     "A tiny random CLIP text model and tokenizer saved with save_pretrained and loaded back by the real loading code."
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer

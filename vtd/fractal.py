@@ -202,22 +202,20 @@ def render_ifs_soft(maps: torch.Tensor, colors: torch.Tensor | None = None, size
         raise ValueError(f"colors must be finite [N, M, 3] = [{N}, {M}, 3], got {tuple(colors.shape)}")
     hits = maps.new_zeros(N, size * size)
     paint = maps.new_zeros(N, 3, size * size) if colors is not None else None
-    # every step's points splatted at once: one scatter per pixel corner instead of one per step and corner
-    steps = list(_chaos_points(maps, n_points, n_steps, burn_in, generator))
-    x, pick = torch.cat([p for p, _ in steps], 1), torch.cat([k for _, k in steps], 1)   # [N, P*n_steps, 2], [.., M]
-    point_colors = pick @ colors if colors is not None else None                          # [N, P*n_steps, 3]
-    u = (x + 1) / 2 * size - 0.5                         # continuous pixel coordinates, centres at integers
-    u0 = u.floor(); f = u - u0; u0 = u0.long()
-    for dx in (0, 1):
-        for dy in (0, 1):
-            w = (f[..., 0] if dx else 1 - f[..., 0]) * (f[..., 1] if dy else 1 - f[..., 1])
-            cx, cy = u0[..., 0] + dx, u0[..., 1] + dy
-            inside = (cx >= 0) & (cx < size) & (cy >= 0) & (cy < size)
-            idx = (cy * size + cx).clamp(0, size * size - 1)
-            w = w * inside
-            hits = hits.scatter_add(1, idx, w)
-            if paint is not None:
-                paint = paint.scatter_add(2, idx[:, None].expand(N, 3, -1), (point_colors * w[..., None]).transpose(1, 2))
+    for x, pick in _chaos_points(maps, n_points, n_steps, burn_in, generator):
+        point_colors = pick @ colors if colors is not None else None     # [N, P, 3]: each point's map's colour
+        u = (x + 1) / 2 * size - 0.5                     # continuous pixel coordinates, centres at integers
+        u0 = u.floor(); f = u - u0; u0 = u0.long()
+        for dx in (0, 1):
+            for dy in (0, 1):
+                w = (f[..., 0] if dx else 1 - f[..., 0]) * (f[..., 1] if dy else 1 - f[..., 1])
+                cx, cy = u0[..., 0] + dx, u0[..., 1] + dy
+                inside = (cx >= 0) & (cx < size) & (cy >= 0) & (cy < size)
+                idx = (cy * size + cx).clamp(0, size * size - 1)
+                w = w * inside
+                hits = hits.scatter_add(1, idx, w)
+                if paint is not None:
+                    paint = paint.scatter_add(2, idx[:, None].expand(N, 3, -1), (point_colors * w[..., None]).transpose(1, 2))
     density = (hits / hits.max(1, keepdim=True).values.clamp_min(eps)).clamp_min(eps).pow(gamma)
     if paint is None: return density.view(N, 1, size, size)
     mean_color = paint / hits[:, None].clamp_min(eps)

@@ -141,7 +141,7 @@ def test_a_re_record_rewrites_the_time_lines_and_a_gpu_run_stands_beside_the_cpu
     repo = tmp_path / 'repo'; shutil.copytree(REPO / 'nbs', repo / 'nbs', symlinks=True)
     (repo / 'results').mkdir(); shutil.copy(REPO / RECORD, repo / RECORD); shutil.copy(REPO / 'settings.ini', repo / 'settings.ini')
     run = {'notebook': '03_vq.ipynb', 'ok': True, 'smoke': False, 'seconds': 600.0, 'results': {}}
-    cpu = {'cores': 2, 'device': 'cpu', 'device_name': 'x'}; gpu = {'cores': 16, 'device': 'cuda', 'device_name': 'NVIDIA H100'}
+    cpu = {'cores': 2, 'device': 'cpu', 'device_name': 'AMD EPYC'}; gpu = {'cores': 16, 'device': 'cuda', 'device_name': 'NVIDIA H100'}
     update_record(repo / RECORD, [run], cpu, 'c0ffee1234'); update_record(repo / RECORD, [run | {'seconds': 12.0}], gpu, 'c0ffee1234')
     data = json.loads((repo / RECORD).read_text())
     assert data['lessons']['03_vq']['seconds'] == 600.0 and data['gpu']['03_vq']['seconds'] == 12.0
@@ -149,7 +149,9 @@ def test_a_re_record_rewrites_the_time_lines_and_a_gpu_run_stands_beside_the_cpu
     nb = json.loads((repo / 'nbs' / '03_vq.ipynb').read_text())
     line = next(l for c in nb['cells'] if c['cell_type'] == 'markdown' for l in c['source'] if l.startswith(TIME_PREFIX))
     assert line.rstrip('\n') == time_line('03_vq', data) and 'about 10 min' in line and '12 s on one NVIDIA H100' in line, line
+    assert 'on 2 CPU cores (AMD EPYC)' in line, f"a CPU time names its processor (the same lesson takes 2x longer on another): {line}"
     readme = (repo / 'README.md').read_text()
     assert course_markdown(data, repo / 'nbs') in readme and 'on one NVIDIA H100 |' in readme
     row = next(l for l in readme.splitlines() if '[`03_vq`]' in l)
     assert '| 10 min | 12 s |' in row and 'https://vtd-project.github.io/vtd/vq.html' in row
+    assert 'full setting, ' in readme and '2 CPU cores (AMD EPYC)' in readme.split('full setting, ', 1)[1].split('|', 1)[0]

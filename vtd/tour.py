@@ -256,7 +256,8 @@ def update_record(record: str | Path, runs: list[dict], machine: Mapping, commit
 # %% ../nbs/90_tour.ipynb
 def _machine_text(m: Mapping) -> str:
     dev = m.get('device', '?')
-    return f"{m.get('cores', '?')} cores, {dev}" + (f" ({m['device_name']})" if m.get('device_name') and not dev.startswith('cpu') else '')
+    # the processor too: the same lesson on 2 cores took 2x longer on one CPU than on another
+    return f"{m.get('cores', '?')} cores, {dev}" + (f" ({m['device_name']})" if m.get('device_name') else '')
 
 def results_markdown(record: str | Path | Mapping) -> str:
     "The Markdown table of a record of full runs (what README, the docs' home and the results page show)."
@@ -288,15 +289,16 @@ COURSE: list[tuple[str, str, str]] = [  # lesson, what it needs from earlier les
 TIME_PREFIX = '**Time:**'  # the line of a lesson's first screen that `write_results` rewrites from the record
 START_MARK = '<!-- start here: generated from vtd.tour.COURSE and results/full.json by vtd.tour.write_results; do not edit -->'
 
-def _cores(data: Mapping) -> str:
-    cores = sorted({str(e['machine'].get('cores', '?')) for e in data['lessons'].values()})
-    return ' or '.join(cores) or '?'
+def _cpus(data: Mapping) -> str:
+    "The record's CPU machines as README's column names them: cores and processor (a lesson's time depends on both)."
+    return ' or '.join(sorted({_where(e['machine']) for e in data['lessons'].values()})) or '?'
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 def _where(m: Mapping) -> str:
-    return f"{m.get('cores', '?')} CPU cores" if not _on_gpu(m) else f"one {m.get('device_name') or m['device']}"
+    if _on_gpu(m): return f"one {m.get('device_name') or m['device']}"
+    return f"{m.get('cores', '?')} CPU cores" + (f" ({m['device_name']})" if m.get('device_name') else '')
 
 def time_line(lesson: str, record: str | Path | Mapping) -> str:
     "The **Time:** line of `lesson`'s first screen: its full setting's seconds from the record of full runs (and on a GPU, when measured)."
@@ -319,7 +321,7 @@ def course_markdown(record: str | Path | Mapping, nbs_dir: str | Path | None = N
     gpu = data.get('gpu', {})
     site = _site_url(nbs_dir) if nbs_dir else None
     names = sorted({_where(e['machine']) for e in gpu.values()})
-    head = f'| # | lesson | needs lessons | maths it assumes or teaches | full setting, {_cores(data)} CPU cores |' + (f" on {' or '.join(names)} |" if gpu else '')
+    head = f'| # | lesson | needs lessons | maths it assumes or teaches | full setting, {_cpus(data)} |' + (f" on {' or '.join(names)} |" if gpu else '')
     head += ' committed outputs |' if nbs_dir else ''
     lines = [START_MARK, '', head, '|---:|---|---|---|---:|' + ('---:|' if gpu else '') + ('---|' if nbs_dir else '')]
     total = total_gpu = 0.0

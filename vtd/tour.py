@@ -306,8 +306,8 @@ def time_line(lesson: str, record: str | Path | Mapping) -> str:
     e, g = data['lessons'].get(lesson), data.get('gpu', {}).get(lesson)
     if e is None: return f"{TIME_PREFIX} not measured yet (no full run of `{lesson}` in `{RECORD}`)."
     gpu = f", about {_duration(g['seconds'])} on {_where(g['machine'])}" if g else ''
-    return (f"{TIME_PREFIX} about {_duration(e['seconds'])} in its full setting on {_where(e['machine'])}{gpu} "
-            f"(the record of full runs, `{RECORD}`, commit `{e['commit'][:7]}`); the smoke setting (`smoke = True`, what "
+    return (f"{TIME_PREFIX} about {_duration(e['seconds'])} in its full setting on {_where(e['machine'])}{gpu}, "
+            f"by the record of full runs (`{RECORD}`, commit `{e['commit'][:7]}`); the smoke setting (`smoke = True`, what "
             "the tests run) is a small fraction of that.")
 
 def _outputs_cell(meta: Mapping | None) -> str:
